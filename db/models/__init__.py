@@ -1,0 +1,13 @@
+"""All tables; importing this module registers them on Base.metadata."""
+
+from db.models.activity import ActivityEvent
+from db.models.avatars import Avatar
+from db.models.billing import StripeEvent, SubscriptionPlan, UserSubscription
+from db.models.content import GeneratedContent
+from db.models.credits import CreditTransaction, UserCredits
+from db.models.users import AuthToken, RefreshToken, User
+
+__all__ = [
+    "ActivityEvent", "Avatar", "AuthToken", "CreditTransaction", "GeneratedContent",
+    "RefreshToken", "StripeEvent", "SubscriptionPlan", "User", "UserCredits", "UserSubscription",
+]

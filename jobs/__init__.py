@@ -1,0 +1,1 @@
+"""arq worker: job functions and cron sweeps, sharing the server's services."""

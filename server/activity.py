@@ -1,0 +1,31 @@
+"""The activity feed: one row per thing a user should see, pushed live as `activity`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import ActivityEvent
+from server.realtime.events import ActivityPosted
+from server.realtime.publisher import notify
+
+
+async def record(
+    session: AsyncSession, *, user_id: uuid.UUID, type: str, message: str,
+    data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add an activity row in the current transaction and push it after commit."""
+    row = (
+        await session.execute(
+            insert(ActivityEvent)
+            .values(user_id=user_id, type=type, message=message, data=data or {})
+            .returning(ActivityEvent.id, ActivityEvent.type, ActivityEvent.message,
+                       ActivityEvent.data, ActivityEvent.created_at)
+        )
+    ).mappings().one()
+    activity = dict(row)
+    notify(session, user_id, ActivityPosted(activity=activity))
+    return activity

@@ -1,0 +1,48 @@
+"""create_app(settings): the whole aiohttp application, built the same way in tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from server import keys, middleware, service_routes
+from server.config import Settings
+from server.metrics import Metrics
+from server.openapi import build_document
+from server.realtime.server import attach_socketio
+from server.resources import open_resources
+from server.routing import Routes, install
+
+
+def route_groups() -> list[Routes]:
+    """Every REST route of the app, in one place."""
+    from server.auth.routes import routes as auth_routes
+
+    return [service_routes.routes, auth_routes]
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            middleware.request_context,
+            middleware.cors(settings.cors_origins),
+            middleware.errors,
+            middleware.body_cap,
+        ],
+        handler_args={"max_field_size": 16 * 1024},
+    )
+    app[keys.settings] = settings
+    app[keys.metrics] = Metrics()
+
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        async with open_resources(settings, metrics=app[keys.metrics]) as resources:
+            app[keys.resources] = resources
+            yield
+
+    app.cleanup_ctx.append(resources_ctx)
+    specs = install(app, route_groups())
+    app[service_routes.openapi_document] = build_document(specs)
+    attach_socketio(app, settings)
+    return app

@@ -1,0 +1,126 @@
+"""HTTP routes of /api/auth."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server import keys
+from server.auth import service
+from server.auth.current_user import CurrentUser
+from server.auth.schemas import (
+    AcceptedOut,
+    AuthOut,
+    ForgotPasswordIn,
+    LoginIn,
+    ProfileOut,
+    ProfileUpdateIn,
+    ProfileUpdateOut,
+    RefreshIn,
+    RegisterIn,
+    ResetPasswordIn,
+    TokensOut,
+    UserOnlyOut,
+)
+from server.routing import Routes
+
+routes = Routes(tags=("auth",))
+
+
+def _meta(request: web.Request) -> dict[str, str | None]:
+    limiter = request.app[keys.resources].rate_limiter
+    return {"user_agent": request.headers.get("User-Agent", "")[:255] or None,
+            "ip": limiter.client_ip(request)[:64]}
+
+
+async def _limit_email(request: web.Request, email: str) -> None:
+    await request.app[keys.resources].rate_limiter.hit("auth", f"email:{email}")
+
+
+@routes.post("/api/auth/register", body=RegisterIn, response=AuthOut, status=201, auth=False,
+             rate_limit="auth", errors=(409,))
+async def register(request: web.Request, session: AsyncSession, body: RegisterIn) -> dict:
+    """Create an account (18+); sends a verification email."""
+    await _limit_email(request, body.email)
+    res = request.app[keys.resources]
+    created = await service.register(session, data=body, settings=res.settings, queue=res.queue,
+                                     meta=_meta(request))
+    return created.body()
+
+
+@routes.post("/api/auth/login", body=LoginIn, response=AuthOut, auth=False, rate_limit="auth")
+async def login(request: web.Request, session: AsyncSession, body: LoginIn) -> dict:
+    """Sign in with email and password."""
+    await _limit_email(request, body.email)
+    res = request.app[keys.resources]
+    signed_in = await service.login(session, email=body.email, password=body.password,
+                                    settings=res.settings, meta=_meta(request))
+    return signed_in.body()
+
+
+@routes.post("/api/auth/refresh", body=RefreshIn, response=AuthOut, auth=False)
+async def refresh(request: web.Request, session: AsyncSession, body: RefreshIn) -> dict:
+    """Exchange a refresh token for new tokens (the old one is spent)."""
+    res = request.app[keys.resources]
+    rotated = await service.refresh(session, refresh_token=body.refresh_token,
+                                    settings=res.settings, meta=_meta(request))
+    return rotated.body()
+
+
+@routes.post("/api/auth/logout", body=RefreshIn, status=204)
+async def logout(session: AsyncSession, user: CurrentUser, body: RefreshIn) -> None:
+    """Sign out this session (its refresh token family)."""
+    await service.logout(session, user_id=user.id, refresh_token=body.refresh_token)
+
+
+@routes.get("/api/auth/verify-email/{token}", response=UserOnlyOut, auth=False, rate_limit="auth")
+async def verify_email(request: web.Request, session: AsyncSession) -> dict:
+    """Confirm the email address from the link in the verification email."""
+    user = await service.verify_email(session, token=request.match_info["token"])
+    return {"user": user}
+
+
+@routes.post("/api/auth/resend-verification", response=AcceptedOut, status=202, rate_limit="auth")
+async def resend_verification(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+    """Send a new verification email."""
+    res = request.app[keys.resources]
+    await service.resend_verification(session, user_id=user.id, settings=res.settings, queue=res.queue)
+    return {"status": "accepted", "message": "If the address is unverified, a new email is on its way"}
+
+
+@routes.post("/api/auth/forgot-password", body=ForgotPasswordIn, response=AcceptedOut, status=202,
+             auth=False, rate_limit="auth")
+async def forgot_password(request: web.Request, session: AsyncSession, body: ForgotPasswordIn) -> dict:
+    """Email a password reset link (202 whether or not the account exists)."""
+    await _limit_email(request, body.email)
+    res = request.app[keys.resources]
+    await service.forgot_password(session, email=body.email, settings=res.settings, queue=res.queue)
+    return {"status": "accepted", "message": "If an account exists for this email, a reset link is on its way"}
+
+
+@routes.post("/api/auth/reset-password", body=ResetPasswordIn, response=UserOnlyOut, auth=False,
+             rate_limit="auth")
+async def reset_password(request: web.Request, session: AsyncSession, body: ResetPasswordIn) -> dict:
+    """Set a new password with the emailed token; signs out every session."""
+    res = request.app[keys.resources]
+    user = await service.reset_password(session, token=body.token, password=body.password,
+                                        settings=res.settings)
+    return {"user": user, "message": "Password changed; sign in again"}
+
+
+@routes.get("/api/auth/profile", response=ProfileOut)
+async def get_profile(session: AsyncSession, user: CurrentUser) -> dict:
+    """The caller's account, credits, subscription and plan."""
+    return await service.get_profile(session, user_id=user.id)
+
+
+@routes.put("/api/auth/profile", body=ProfileUpdateIn, response=ProfileUpdateOut, errors=(409,))
+async def update_profile(request: web.Request, session: AsyncSession, user: CurrentUser,
+                         body: ProfileUpdateIn) -> dict:
+    """Change display name, time zone, email or password."""
+    res = request.app[keys.resources]
+    return await service.update_profile(session, user_id=user.id, data=body, settings=res.settings,
+                                        queue=res.queue)
+
+
+__all__ = ["routes", "TokensOut"]

@@ -1,0 +1,332 @@
+"""Accounts and sessions: register, login, refresh rotation, verification, reset, profile."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import AuthToken, RefreshToken, User, UserCredits
+from db.session import after_commit
+from server import activity
+from server.auth import emails
+from server.auth.passwords import burn_verify, hash_password, verify_password
+from server.auth.schemas import ProfileUpdateIn, RegisterIn
+from server.auth.tokens import issue_access_token, new_opaque_token, token_hash
+from server.billing.plans import SIGNUP_CREDITS
+from server.billing.queries import subscription_and_plan
+from server.config import Settings
+from server.credits import ledger
+from server.credits.queries import get_credits
+from server.errors import (
+    Conflict,
+    InvalidCredentials,
+    InvalidToken,
+    TokenExpired,
+    TokenRevoked,
+    Unauthorized,
+    ValidationFailed,
+)
+from server.realtime.sessions import revoke_sockets
+
+VERIFY_TTL = timedelta(hours=24)
+RESET_TTL = timedelta(hours=1)
+USER_COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.created_at,
+                User.timezone)
+
+
+class ReusedRefreshToken(TokenRevoked):
+    """A rotated token came back: the family is revoked, and that must be committed."""
+
+    commit_before_raise = True
+
+
+@dataclass(frozen=True)
+class Session:
+    user: dict[str, Any]
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+    def body(self) -> dict[str, Any]:
+        tokens = {"access_token": self.access_token, "refresh_token": self.refresh_token,
+                  "token_type": "Bearer", "expires_in": self.expires_in}
+        return {"user": self.user, **tokens, "tokens": tokens}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+async def _user_row(session: AsyncSession, user_id: uuid.UUID) -> dict[str, Any]:
+    row = (await session.execute(select(*USER_COLUMNS).where(User.id == user_id))).mappings().one()
+    return dict(row)
+
+
+async def _start_session(
+    session: AsyncSession, *, user_id: uuid.UUID, token_version: int, settings: Settings,
+    family_id: uuid.UUID | None = None, meta: dict[str, str | None] | None = None,
+) -> Session:
+    refresh = new_opaque_token()
+    await session.execute(insert(RefreshToken).values(
+        user_id=user_id, family_id=family_id or uuid.uuid4(), token_hash=token_hash(refresh),
+        expires_at=_now() + timedelta(days=settings.refresh_token_ttl_days), **(meta or {}),
+    ))
+    access = issue_access_token(
+        user_id=user_id, token_version=token_version,
+        secret=settings.jwt_secret.get_secret_value(), ttl=settings.access_token_ttl_seconds,
+    )
+    return Session(await _user_row(session, user_id), access, refresh, settings.access_token_ttl_seconds)
+
+
+async def _issue_email_token(
+    session: AsyncSession, *, user_id: uuid.UUID, email: str, purpose: str, ttl: timedelta
+) -> str:
+    """A new single-use token; earlier unused ones of the same purpose stop working."""
+    await session.execute(
+        update(AuthToken)
+        .where(AuthToken.user_id == user_id, AuthToken.purpose == purpose, AuthToken.used_at.is_(None))
+        .values(used_at=_now())
+    )
+    token = new_opaque_token()
+    await session.execute(insert(AuthToken).values(
+        user_id=user_id, purpose=purpose, token_hash=token_hash(token), email=email,
+        expires_at=_now() + ttl,
+    ))
+    return token
+
+
+def _send_later(session: AsyncSession, queue: ArqRedis, message: emails.Message) -> None:
+    after_commit(session, lambda: queue.enqueue_job(
+        "send_email", to=message.to, subject=message.subject, text=message.text
+    ))
+
+
+async def _consume_email_token(session: AsyncSession, *, token: str, purpose: str) -> AuthToken:
+    row = (
+        await session.execute(
+            select(AuthToken).where(AuthToken.token_hash == token_hash(token),
+                                    AuthToken.purpose == purpose).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if row is None or row.used_at is not None or row.expires_at <= _now():
+        raise InvalidToken()
+    row.used_at = _now()
+    return row
+
+
+async def _revoke_all_refresh(session: AsyncSession, user_id: uuid.UUID) -> None:
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=_now())
+    )
+
+
+async def register(
+    session: AsyncSession, *, data: RegisterIn, settings: Settings, queue: ArqRedis,
+    meta: dict[str, str | None] | None = None,
+) -> Session:
+    """Create the account on the free plan with its signup credits; send the verification email."""
+    password_hash = await hash_password(data.password, rounds=settings.bcrypt_rounds)
+    user_id = (
+        await session.execute(
+            insert(User)
+            .values(email=data.email, password_hash=password_hash, display_name=data.display_name,
+                    date_of_birth=data.date_of_birth)
+            .on_conflict_do_nothing(index_elements=[User.email])
+            .returning(User.id)
+        )
+    ).scalar_one_or_none()
+    if user_id is None:
+        raise Conflict("An account with this email already exists",
+                       details=[{"field": "email", "message": "already registered"}])
+    await session.execute(insert(UserCredits).values(user_id=user_id))
+    await activity.record(session, user_id=user_id, type="account.created",
+                          message="Welcome to Lustify! Your account is ready.")
+    await ledger.grant(session, user_id=user_id, amount=SIGNUP_CREDITS, key=f"signup:{user_id}",
+                       reason="Signup bonus", type="bonus")
+    token = await _issue_email_token(session, user_id=user_id, email=data.email,
+                                     purpose="verify_email", ttl=VERIFY_TTL)
+    _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
+    return await _start_session(session, user_id=user_id, token_version=0, settings=settings, meta=meta)
+
+
+async def login(
+    session: AsyncSession, *, email: str, password: str, settings: Settings,
+    meta: dict[str, str | None] | None = None,
+) -> Session:
+    """Same answer and the same bcrypt work whether or not the email exists."""
+    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    if user is None:
+        await burn_verify(password, rounds=settings.bcrypt_rounds)
+        raise InvalidCredentials()
+    if not await verify_password(password, user.password_hash) or not user.is_active:
+        raise InvalidCredentials()
+    user.last_login_at = _now()
+    return await _start_session(session, user_id=user.id, token_version=user.token_version,
+                                settings=settings, meta=meta)
+
+
+async def refresh(
+    session: AsyncSession, *, refresh_token: str, settings: Settings,
+    meta: dict[str, str | None] | None = None,
+) -> Session:
+    """Rotate: the presented token is spent; presenting a spent one revokes its family."""
+    row = (
+        await session.execute(
+            select(RefreshToken).where(RefreshToken.token_hash == token_hash(refresh_token)).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise Unauthorized("The refresh token is invalid")
+    if row.revoked_at is not None:
+        raise TokenRevoked("This session has been signed out; sign in again")
+    if row.rotated_at is not None:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=_now())
+        )
+        raise ReusedRefreshToken("This refresh token was already used; the session is revoked")
+    if row.expires_at <= _now():
+        raise TokenExpired("The refresh token has expired; sign in again")
+    user = (await session.execute(select(User.token_version, User.is_active).where(User.id == row.user_id))).one()
+    if not user.is_active:
+        raise Unauthorized("The account is disabled")
+    row.rotated_at = _now()
+    return await _start_session(session, user_id=row.user_id, token_version=user.token_version,
+                                settings=settings, family_id=row.family_id, meta=meta)
+
+
+async def logout(session: AsyncSession, *, user_id: uuid.UUID, refresh_token: str) -> None:
+    """Revoke the family of this refresh token (if it is the caller's); always succeeds."""
+    family = (
+        await session.execute(
+            select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash(refresh_token),
+                                                 RefreshToken.user_id == user_id)
+        )
+    ).scalar_one_or_none()
+    if family is not None:
+        await session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=_now())
+        )
+
+
+async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
+    """Mark the address verified; the link works once and only for the address it was sent to."""
+    record = await _consume_email_token(session, token=token, purpose="verify_email")
+    user = await session.get(User, record.user_id, with_for_update=True)
+    if user is None or user.email != record.email:
+        raise InvalidToken()
+    if not user.email_verified:
+        user.email_verified = True
+        user.email_verified_at = _now()
+        await activity.record(session, user_id=user.id, type="account.verified",
+                              message="Your email address is verified")
+    await session.flush()
+    return await _user_row(session, user.id)
+
+
+async def resend_verification(
+    session: AsyncSession, *, user_id: uuid.UUID, settings: Settings, queue: ArqRedis
+) -> None:
+    user = await session.get(User, user_id)
+    if user is None or user.email_verified:
+        return
+    token = await _issue_email_token(session, user_id=user.id, email=user.email,
+                                     purpose="verify_email", ttl=VERIFY_TTL)
+    _send_later(session, queue, emails.verification(settings, to=user.email, token=token))
+
+
+async def forgot_password(
+    session: AsyncSession, *, email: str, settings: Settings, queue: ArqRedis
+) -> None:
+    """Send a reset link if the account exists; the caller answers 202 either way."""
+    user = (await session.execute(select(User.id, User.is_active).where(User.email == email))).one_or_none()
+    if user is None or not user.is_active:
+        return
+    token = await _issue_email_token(session, user_id=user.id, email=email,
+                                     purpose="reset_password", ttl=RESET_TTL)
+    _send_later(session, queue, emails.password_reset(settings, to=email, token=token))
+
+
+async def reset_password(
+    session: AsyncSession, *, token: str, password: str, settings: Settings
+) -> dict[str, Any]:
+    """New password; every refresh family and every older access token stops working."""
+    record = await _consume_email_token(session, token=token, purpose="reset_password")
+    password_hash = await hash_password(password, rounds=settings.bcrypt_rounds)
+    await session.execute(
+        update(User).where(User.id == record.user_id)
+        .values(password_hash=password_hash, token_version=User.token_version + 1)
+    )
+    await _revoke_all_refresh(session, record.user_id)
+    await activity.record(session, user_id=record.user_id, type="account.password_reset",
+                          message="Your password was reset; all sessions were signed out")
+    revoke_sockets(session, record.user_id)
+    return await _user_row(session, record.user_id)
+
+
+async def get_profile(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:
+    subscription, plan = await subscription_and_plan(session, user_id=user_id)
+    return {
+        "user": await _user_row(session, user_id),
+        "credits": await get_credits(session, user_id=user_id),
+        "subscription": subscription,
+        "plan": plan,
+    }
+
+
+async def update_profile(
+    session: AsyncSession, *, user_id: uuid.UUID, data: ProfileUpdateIn, settings: Settings,
+    queue: ArqRedis,
+) -> dict[str, Any]:
+    """Change name, time zone, email (verification starts again) or password (others signed out)."""
+    user = await session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise Unauthorized()
+    changes = data.model_dump(exclude_unset=True)
+    result: dict[str, Any] = {}
+    if "new_password" in changes:
+        if not data.current_password or not await verify_password(data.current_password, user.password_hash):
+            raise ValidationFailed("The current password is incorrect",
+                                   details=[{"field": "current_password", "message": "incorrect"}])
+        user.password_hash = await hash_password(data.new_password, rounds=settings.bcrypt_rounds)
+        user.token_version += 1
+        await _revoke_all_refresh(session, user.id)
+        revoke_sockets(session, user.id)
+        await activity.record(session, user_id=user.id, type="account.password_changed",
+                              message="Your password was changed; other sessions were signed out")
+    if "display_name" in changes and data.display_name is not None:
+        user.display_name = data.display_name
+    if "timezone" in changes:
+        user.timezone = data.timezone
+    if data.email is not None and data.email != user.email:
+        taken = (await session.execute(select(func.count()).select_from(User).where(User.email == data.email))).scalar_one()
+        if taken:
+            raise Conflict("An account with this email already exists",
+                           details=[{"field": "email", "message": "already registered"}])
+        user.email = data.email
+        user.email_verified = False
+        user.email_verified_at = None
+        token = await _issue_email_token(session, user_id=user.id, email=data.email,
+                                         purpose="verify_email", ttl=VERIFY_TTL)
+        _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
+        await activity.record(session, user_id=user.id, type="account.email_changed",
+                              message="Your email address changed; please verify it")
+    await session.flush()
+    if "new_password" in changes:
+        fresh = await _start_session(session, user_id=user.id, token_version=user.token_version,
+                                     settings=settings)
+        result["tokens"] = fresh.body()["tokens"]
+    result["user"] = await _user_row(session, user.id)
+    return result

@@ -1,0 +1,1 @@
+"""Plans, subscriptions, credit packs and Stripe webhooks."""

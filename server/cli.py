@@ -1,0 +1,168 @@
+"""`lustify` command: dev, serve, worker, migrate, seed, ledger check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from server import logs
+from server.config import Settings
+
+log = logging.getLogger("lustify")
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**overrides)
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from db.migrate import upgrade
+
+    upgrade(settings.sqlalchemy_url)
+    print("database migrated to head")
+    return 0
+
+
+async def _seed(settings: Settings) -> int:
+    from db.session import make_engine, make_sessionmaker, transaction
+    from server.billing.plans import seed_plans
+
+    engine = make_engine(settings.sqlalchemy_url, pool_size=1)
+    try:
+        async with transaction(make_sessionmaker(engine)) as session:
+            return await seed_plans(session, settings=settings)
+    finally:
+        await engine.dispose()
+
+
+def cmd_seed(settings: Settings) -> int:
+    count = asyncio.run(_seed(settings))
+    print(f"seeded {count} plans")
+    return 0
+
+
+def cmd_serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from server.app import create_app
+
+    app = create_app(settings)
+    print(f"Lustify API listening on http://{settings.host}:{settings.port}", flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
+                shutdown_timeout=10)
+    return 0
+
+
+def cmd_worker(settings: Settings) -> int:
+    from jobs.worker import make_worker
+
+    make_worker(settings).run()
+    return 0
+
+
+def cmd_ledger_check(settings: Settings) -> int:
+    from server.credits.audit import run_ledger_check
+
+    return asyncio.run(run_ledger_check(settings))
+
+
+def _persistent_secret(path: Path) -> str:
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Everything on one machine: embedded PostgreSQL and Redis unless URLs are given."""
+    from server.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    data_dir = Path(args.data_dir or os.environ.get("DATA_DIR", "./var")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = os.environ
+    env["DATA_DIR"] = str(data_dir)
+    env.setdefault("APP_ENV", "development")
+    env.setdefault("LOG_JSON", "false")
+    if args.port:
+        env["PORT"] = str(args.port)
+    if not env.get("JWT_SECRET"):
+        env["JWT_SECRET"] = _persistent_secret(data_dir / "jwt_secret")
+    postgres = redis = None
+    worker: subprocess.Popen | None = None
+    try:
+        if not env.get("DATABASE_URL") and not env.get("DB_HOST"):
+            postgres = EmbeddedPostgres(data_dir / "postgres")
+            env["DATABASE_URL"] = postgres.ensure_database("lustify")
+        if not env.get("REDIS_URL"):
+            redis = EmbeddedRedis(data_dir / "redis")
+            env["REDIS_URL"] = redis.url
+        settings = _settings()
+        logs.configure(settings.log_level, json=settings.log_json)
+        cmd_migrate(settings)
+        cmd_seed(settings)
+        worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=env)
+        print(
+            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (docs: /docs, health: /health)\n"
+            f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
+            f"  redis:    {'embedded ' + env['REDIS_URL'] if redis else 'REDIS_URL'}\n"
+            f"  emails:   printed here and written to {data_dir / 'outbox'}\n"
+            "  Ctrl-C stops everything; data stays in the data dir.\n",
+            flush=True,
+        )
+        return cmd_serve(settings)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if redis is not None:
+            redis.stop()
+        if postgres is not None:
+            postgres.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lustify", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="start everything (embedded PostgreSQL/Redis by default)")
+    dev.add_argument("--port", type=int)
+    dev.add_argument("--data-dir")
+    serve = sub.add_parser("serve", help="run the HTTP + Socket.IO server")
+    serve.add_argument("--port", type=int)
+    sub.add_parser("worker", help="run an arq worker")
+    sub.add_parser("migrate", help="alembic upgrade head")
+    sub.add_parser("seed", help="insert or update the subscription plans")
+    ledger = sub.add_parser("ledger", help="ledger tools")
+    ledger.add_argument("action", choices=["check"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "dev":
+        return cmd_dev(args)
+    overrides = {"port": args.port} if getattr(args, "port", None) else {}
+    try:
+        settings = _settings(**overrides)
+    except ValueError as exc:
+        print(f"lustify: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, json=settings.log_json)
+    commands = {
+        "serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "seed": cmd_seed,
+        "ledger": cmd_ledger_check,
+    }
+    return commands[args.command](settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Settings read from the environment (names follow the original spec's .env)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import quote
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "change-me", "changeme", "secret", "your-jwt-secret", "dev-secret"}
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    app_env: Literal["development", "test", "production"] = Field(
+        "development", validation_alias=AliasChoices("APP_ENV", "NODE_ENV")
+    )
+    host: str = "0.0.0.0"
+    port: int = 3001
+    public_url: str = ""  # base of links to this API (signed file URLs); defaults to localhost:PORT
+    frontend_url: str = "http://localhost:3000"  # base of links in emails
+    data_dir: Path = Path("./var")
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    database_url: str | None = None
+    db_host: str | None = None
+    db_port: int = 5432
+    db_name: str = "lustify_ai"
+    db_username: str = "lustify_user"
+    db_password: SecretStr = SecretStr("")
+    db_pool_size: int = 10
+
+    redis_url: str | None = None
+    redis_namespace: str = "lustify"  # prefix of every key, stream, queue and channel we own
+
+    jwt_secret: SecretStr = SecretStr("change-me")
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_days: int = 30
+    bcrypt_rounds: int = Field(12, ge=4, le=16)
+
+    rate_limit_enabled: bool = True
+    rate_limit_auth: str = "5/minute"
+    rate_limit_api: str = "100/15minutes"
+    rate_limit_generation: str = "10/minute"
+    trusted_proxies: CommaList = Field(default_factory=list)  # proxies whose X-Forwarded-For we believe
+
+    cors_origins: CommaList = Field(
+        default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
+    )
+    max_body_bytes: int = 50 * 1024 * 1024
+
+    grok_api_key: SecretStr | None = None
+    grok_base_url: str = "https://api.x.ai/v1"
+    grok_chat_model: str = "grok-4-fast-non-reasoning"
+    grok_image_model: str = "grok-2-image"
+    grok_video_model: str = "grok-imagine-video"
+    grok_timeout_seconds: float = 120.0
+    local_ai_delay_ms: int = 300
+
+    stripe_secret_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    stripe_api_base: str | None = None  # only to point the SDK at a Stripe-compatible server
+    stripe_price_starter: str = "price_starter"
+    stripe_price_pro: str = "price_pro"
+    stripe_price_enterprise: str = "price_enterprise"
+    stripe_webhook_tolerance_seconds: int = 300
+
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_s3_bucket: str | None = None
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    signed_url_ttl_seconds: int = 3600
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "Lustify <no-reply@lustify.local>"
+    smtp_starttls: bool = True
+
+    socketio_compression: bool = False  # see DESIGN.md Performance: ~95 KB zlib state per socket
+    socketio_max_message_bytes: int = 64 * 1024
+    socketio_client_events_per_10s: int = 50
+    worker_poll_delay_seconds: float = 0.05
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        if self.app_env == "production":
+            secret = self.jwt_secret.get_secret_value()
+            if secret.strip().lower() in PLACEHOLDER_SECRETS or len(secret) < 32:
+                raise ValueError(
+                    "JWT_SECRET is missing or a placeholder; production needs a random secret "
+                    "of at least 32 characters (e.g. `openssl rand -hex 32`)"
+                )
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The asyncpg URL: DATABASE_URL when set, else built from DB_* variables."""
+        url = self.database_url
+        if url is None:
+            password = quote(self.db_password.get_secret_value(), safe="")
+            auth = quote(self.db_username, safe="") + (f":{password}" if password else "")
+            url = f"postgresql://{auth}@{self.db_host or 'localhost'}:{self.db_port}/{self.db_name}"
+        for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+asyncpg://" + url[len(prefix) :]
+        raise ValueError("DATABASE_URL must be a postgresql:// URL")
+
+    @property
+    def redis_dsn(self) -> str:
+        return self.redis_url or "redis://localhost:6379/0"
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://localhost:{self.port}").rstrip("/")
+
+    def key(self, *parts: object) -> str:
+        """A Redis key (or channel/queue name) inside this deployment's namespace."""
+        return ":".join([self.redis_namespace, *map(str, parts)])

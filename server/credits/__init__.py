@@ -1,0 +1,1 @@
+"""Credits: the ledger, its audit, and the credits API."""

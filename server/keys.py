@@ -1,0 +1,16 @@
+"""Typed application keys: everything create_app puts on the app."""
+
+from aiohttp import web
+
+from server.config import Settings
+from server.metrics import Metrics
+from server.ratelimit import Verdict
+from server.resources import Resources
+
+settings = web.AppKey("settings", Settings)
+resources = web.AppKey("resources", Resources)
+metrics = web.AppKey("metrics", Metrics)
+
+request_id = web.RequestKey("request_id", str)
+rate_verdict = web.RequestKey("rate_verdict", Verdict)
+user_id = web.RequestKey("user_id", object)

@@ -1,0 +1,114 @@
+"""OpenAPI 3.1 document built from the declared routes' pydantic models, and /docs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from server import __version__
+from server.routing import RouteSpec
+
+_PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message", "details"],
+    "properties": {
+        "error": {"type": "string"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+DOCS_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Lustify API</title>
+<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
+<body><div id="ui"></div>
+<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
+<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
+</body></html>"""
+DOCS_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src https://cdn.jsdelivr.net; img-src data: https:; connect-src 'self'"
+)
+
+
+def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
+    models: set[type[BaseModel]] = set()
+    for spec in specs:
+        for model in (spec.body, spec.query, spec.response):
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                models.add(model)
+    ordered = sorted(models, key=lambda m: (m.__module__, m.__qualname__))
+    refs, defs = models_json_schema(
+        [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
+    )
+    schemas = dict(defs.get("$defs", {}))
+    schemas["Error"] = ERROR_SCHEMA
+    ref = {model: refs[(model, "validation")] for model in ordered}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        path = _PATH_PARAM.sub(r"{\1}", spec.path)
+        op: dict[str, Any] = {
+            "operationId": f"{spec.method.lower()}_{spec.handler.__name__}",
+            "summary": spec.summary,
+            "tags": list(spec.tags),
+            "parameters": [
+                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                for name in _PATH_PARAM.findall(spec.path)
+            ],
+            "responses": {},
+        }
+        if spec.query is not None:
+            for name, field in spec.query.model_json_schema()["properties"].items():
+                op["parameters"].append({
+                    "name": name, "in": "query",
+                    "required": name in spec.query.model_json_schema().get("required", []),
+                    "schema": field,
+                })
+        if spec.body is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": ref[spec.body]}},
+            }
+        elif spec.raw_body:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {}}}}
+        ok: dict[str, Any] = {"description": "OK"}
+        if spec.response is not None:
+            schema = ref[spec.response] if isinstance(spec.response, type) else spec.response
+            media = spec.extra.get("media_type", "application/json")
+            ok["content"] = {media: {"schema": schema}}
+        op["responses"][str(spec.status)] = ok
+        errors = set(spec.errors) | {400, 500}
+        if spec.auth:
+            errors |= {401}
+            op["security"] = [{"bearer": []}]
+        if spec.rate_limit:
+            errors |= {429}
+        for status in sorted(errors):
+            op["responses"][str(status)] = {
+                "description": "Error",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+        paths.setdefault(path, {})[spec.method.lower()] = op
+
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Lustify API", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+    }
+
+
+def docs_page() -> web.Response:
+    return web.Response(
+        text=DOCS_HTML, content_type="text/html", headers={"Content-Security-Policy": DOCS_CSP}
+    )

@@ -1,0 +1,112 @@
+"""Fixed-window rate limits in Redis (one Lua script), with the client IP resolved safely."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from server.config import Settings
+from server.errors import RateLimited
+
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
+_UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+
+# INCR the window's counter, set its expiry on first hit, answer count and ms left.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    amount: int
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        match = _RATE.match(text)
+        if not match:
+            raise ValueError(f"rate limit {text!r} is not like '5/minute' or '100/15minutes'")
+        amount, multiple, unit = match.groups()
+        return cls(int(amount), int(multiple or 1) * _UNIT[unit.lower()])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    limit: int
+    remaining: int
+    reset_seconds: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.enabled = settings.rate_limit_enabled
+        self.rates = {
+            "auth": Rate.parse(settings.rate_limit_auth),
+            "api": Rate.parse(settings.rate_limit_api),
+            "generation": Rate.parse(settings.rate_limit_generation),
+        }
+        self.trusted = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        self._script = redis.register_script(_HIT)
+
+    async def hit(self, policy: str, identity: str) -> Verdict | None:
+        """Count one request of `identity` under `policy`; raise RateLimited past the limit."""
+        if not self.enabled:
+            return None
+        rate = self.rates[policy]
+        window = int(time.time() // rate.seconds)
+        key = self.settings.key("rl", policy, identity, window)
+        count, ttl_ms = await self._script(keys=[key], args=[rate.seconds * 1000])
+        reset = max(1, math.ceil(int(ttl_ms) / 1000))
+        verdict = Verdict(rate.amount, max(0, rate.amount - int(count)), reset)
+        if int(count) > rate.amount:
+            raise RateLimited(
+                f"Too many requests; retry in {reset} s",
+                headers={"Retry-After": str(reset), **verdict.headers()},
+            )
+        return verdict
+
+    async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> None:
+        identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{self.client_ip(request)}"
+        verdict = await self.hit(policy, identity)
+        if verdict is not None:
+            from server.keys import rate_verdict
+
+            request[rate_verdict] = verdict
+
+    def client_ip(self, request: web.Request) -> str:
+        """The peer address, or the right-most untrusted X-Forwarded-For hop behind our proxies."""
+        peer = request.remote or "unknown"
+        if not self._is_trusted(peer):
+            return peer
+        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)

@@ -1,0 +1,1 @@
+"""Socket.IO: authenticated per-user rooms, one publisher, missed-event replay."""

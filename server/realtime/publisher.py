@@ -1,0 +1,121 @@
+"""The one way any process tells a user something: Redis Stream history, then the room.
+
+Each event is appended to the user's stream first (which gives it a monotonic id and
+makes it replayable), then emitted to room `user:{id}` through the Socket.IO Redis
+manager, so whichever server process holds the user's sockets delivers it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.session import after_commit
+from server.config import Settings
+from server.errors import ValidationFailed
+from server.realtime.events import Event
+
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+HISTORY_COUNT = 1000
+HISTORY_SECONDS = 24 * 3600
+STREAM_TTL_SECONDS = 30 * 86400
+
+# XADD, then (amortised, every ~100 events past the floor) trim to what is older than
+# both the newest HISTORY_COUNT entries and the HISTORY_SECONDS window.
+_APPEND = """
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1], 'd', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local keep = tonumber(ARGV[3])
+local len = redis.call('XLEN', KEYS[1])
+if len > keep + 100 then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', keep)
+  local by_count = newest[#newest][1]
+  local by_time = ARGV[4] .. '-0'
+  local function older(a, b)
+    local ams, aseq = string.match(a, '(%d+)-(%d+)')
+    local bms, bseq = string.match(b, '(%d+)-(%d+)')
+    if tonumber(ams) ~= tonumber(bms) then return tonumber(ams) < tonumber(bms) end
+    return tonumber(aseq) < tonumber(bseq)
+  end
+  local min_id = by_count
+  if older(by_time, by_count) then min_id = by_time end
+  redis.call('XTRIM', KEYS[1], 'MINID', min_id)
+end
+return id
+"""
+
+
+def user_room(user_id: uuid.UUID | str) -> str:
+    return f"user:{user_id}"
+
+
+class Publisher:
+    def __init__(self, redis: Redis, manager: Any, settings: Settings, metrics: Any = None) -> None:
+        self.redis = redis
+        self.manager = manager  # socketio.AsyncRedisManager (write-only) or AsyncServer
+        self.settings = settings
+        self.metrics = metrics
+        self._append = redis.register_script(_APPEND)
+
+    def stream_key(self, user_id: uuid.UUID | str) -> str:
+        return self.settings.key("events", user_id)
+
+    async def publish(self, user_id: uuid.UUID | str, event: Event) -> str:
+        """Record the event in the user's history and deliver it to their sockets."""
+        payload = event.model_dump(mode="json")
+        payload["ts"] = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now_ms = int(time.time() * 1000)
+        raw_id = await self._append(
+            keys=[self.stream_key(user_id)],
+            args=[event.name, orjson.dumps(payload), HISTORY_COUNT,
+                  now_ms - HISTORY_SECONDS * 1000, STREAM_TTL_SECONDS * 1000],
+        )
+        event_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
+        payload["event_id"] = event_id
+        await self.manager.emit(event.name, payload, room=user_room(user_id), namespace="/")
+        if self.metrics is not None:
+            self.metrics.events_published.labels(event.name).inc()
+        return event_id
+
+    async def disconnect_user(self, user_id: uuid.UUID | str) -> None:
+        """Close every socket of the user, whichever server process holds it."""
+        await self.manager.emit(
+            "session.revoked", {"reason": "signed_out"}, room=user_room(user_id), namespace="/"
+        )
+        await self.redis.publish(self.settings.key("revocations"), str(user_id))
+
+    async def events_after(
+        self, user_id: uuid.UUID | str, last_event_id: str, *, limit: int = 5000
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Events recorded after `last_event_id`, oldest first, as (name, payload)."""
+        if not EVENT_ID.match(last_event_id or ""):
+            raise ValidationFailed(
+                "last_event_id must look like '1732600000000-0'",
+                details=[{"field": "last_event_id", "message": "invalid event id"}],
+            )
+        entries = await self.redis.xrange(
+            self.stream_key(user_id), min=f"({last_event_id}", max="+", count=limit
+        )
+        events = []
+        for raw_id, fields in entries:
+            payload = orjson.loads(fields[b"d"])
+            payload["event_id"] = raw_id.decode()
+            events.append((fields[b"e"].decode(), payload))
+        return events
+
+    async def latest_event_id(self, user_id: uuid.UUID | str) -> str | None:
+        newest = await self.redis.xrevrange(self.stream_key(user_id), count=1)
+        return newest[0][0].decode() if newest else None
+
+
+def notify(session: AsyncSession, user_id: uuid.UUID, event: Event) -> None:
+    """Publish `event` to the user once the session's transaction commits."""
+    publisher: Publisher = session.info["publisher"]
+    after_commit(session, lambda: publisher.publish(user_id, event))

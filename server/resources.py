@@ -1,0 +1,72 @@
+"""Shared resources built once per process (server or worker) and closed on exit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import socketio
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from db.session import make_engine, make_sessionmaker
+from server.adapters.email import Mailer, make_mailer
+from server.config import Settings
+from server.ratelimit import RateLimiter
+from server.realtime.publisher import Publisher
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis
+    queue: ArqRedis
+    rate_limiter: RateLimiter
+    publisher: Publisher
+    mailer: Mailer
+
+
+def make_redis(settings: Settings) -> Redis:
+    # Short timeouts: a dead Redis must surface as a 503 in seconds, not hang requests.
+    return Redis.from_url(
+        settings.redis_dsn,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        health_check_interval=15,
+        retry_on_timeout=False,
+    )
+
+
+@asynccontextmanager
+async def open_resources(settings: Settings, *, metrics: object = None) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
+        stack.push_async_callback(engine.dispose)
+        redis = make_redis(settings)
+        stack.push_async_callback(redis.aclose)
+        queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
+        # Write-only: every process emits through Redis; servers' managers deliver to sockets.
+        emitter = socketio.AsyncRedisManager(
+            settings.redis_dsn, channel=settings.key("socketio"), write_only=True
+        )
+        stack.push_async_callback(_close_emitter, emitter)
+        publisher = Publisher(redis, emitter, settings, metrics)
+        yield Resources(
+            settings=settings,
+            engine=engine,
+            sessionmaker=make_sessionmaker(engine, info={"publisher": publisher}),
+            redis=redis,
+            queue=queue,
+            rate_limiter=RateLimiter(redis, settings),
+            publisher=publisher,
+            mailer=make_mailer(settings),
+        )
+
+
+async def _close_emitter(emitter: socketio.AsyncRedisManager) -> None:
+    if emitter.redis is not None:
+        await emitter.redis.aclose()

@@ -1,0 +1,123 @@
+"""Declared routes: one decorator gives aiohttp its handler and OpenAPI its schemas.
+
+A handler names what it needs and the wrapper provides it: `body` (parsed with the
+declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
+around the handler, committed before the response is written).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from db.session import transaction
+from server import keys
+from server.json_io import json_response, parse, read_json
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tags: tuple[str, ...]
+    status: int = 200
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    auth: bool = True
+    rate_limit: str | None = "api"  # a RateLimiter policy name, or None
+    errors: tuple[int, ...] = ()
+    raw_body: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Routes:
+    """A list of RouteSpecs, registered on the app by `install`."""
+
+    def __init__(self, *, tags: tuple[str, ...] = ()) -> None:
+        self.specs: list[RouteSpec] = []
+        self.tags = tags
+
+    def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            summary = options.pop("summary", None) or (inspect.getdoc(handler) or "").split("\n")[0]
+            tags = tuple(options.pop("tags", self.tags))
+            self.specs.append(RouteSpec(method, path, handler, summary, tags, **options))
+            return handler
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **options)
+
+
+def install(app: web.Application, routes: list[Routes]) -> list[RouteSpec]:
+    specs = [spec for group in routes for spec in group.specs]
+    for spec in specs:
+        app.router.add_route(spec.method, spec.path, _wrap(spec), name=_route_name(spec))
+    return specs
+
+
+def _route_name(spec: RouteSpec) -> str:
+    return f"{spec.handler.__module__}.{spec.handler.__name__}"
+
+
+def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    wants = set(inspect.signature(spec.handler).parameters)
+    needs_session = "session" in wants or spec.auth
+
+    async def call(request: web.Request, session: Any) -> Any:
+        kwargs: dict[str, Any] = {}
+        limiter = request.app[keys.resources].rate_limiter
+        user = None
+        if spec.auth:
+            from server.auth.current_user import authenticate
+
+            user = await authenticate(request, session)
+            request[keys.user_id] = user.id
+        if spec.rate_limit:
+            await limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
+        if "request" in wants:
+            kwargs["request"] = request
+        if "user" in wants:
+            kwargs["user"] = user
+        if "session" in wants:
+            kwargs["session"] = session
+        if spec.query is not None:
+            kwargs["query"] = parse(spec.query, dict(request.query))
+        if spec.body is not None:
+            kwargs["body"] = parse(spec.body, await read_json(request))
+        return await spec.handler(**kwargs)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if needs_session:
+            async with transaction(request.app[keys.resources].sessionmaker) as session:
+                result = await call(request, session)
+        else:
+            result = await call(request, None)
+        if isinstance(result, web.StreamResponse):
+            return result
+        if result is None:
+            return web.Response(status=204 if spec.status in (200, 204) else spec.status)
+        return json_response(result, status=spec.status)
+
+    handle.__name__ = spec.handler.__name__
+    return handle

@@ -1,0 +1,81 @@
+"""Service endpoints: /health with real checks, /metrics, /openapi.json and /docs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from server import __version__, keys
+from server.json_io import json_response
+from server.openapi import docs_page
+from server.resources import Resources
+from server.routing import Routes
+
+routes = Routes(tags=("service",))
+openapi_document = web.AppKey("openapi_document", dict)
+CHECK_TIMEOUT = 2.0
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, str]
+    version: str
+
+
+async def _check_database(res: Resources) -> str:
+    async with res.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    return "ok"
+
+
+async def _check_redis(res: Resources) -> str:
+    await res.redis.ping()
+    return "ok"
+
+
+async def _run_check(check, res: Resources) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            return await check(res)
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+@routes.get("/health", response=HealthOut, auth=False, rate_limit=None, errors=(503,))
+async def health(request: web.Request) -> web.Response:
+    """Database and Redis reachability; 503 names the failing check."""
+    res = request.app[keys.resources]
+    database, redis = await asyncio.gather(_run_check(_check_database, res), _run_check(_check_redis, res))
+    checks = {"database": database, "redis": redis}
+    healthy = all(v == "ok" for v in checks.values())
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__}
+    if not healthy:
+        failing = ", ".join(name for name, v in checks.items() if v != "ok")
+        body |= {"error": "service_unavailable", "message": f"Unhealthy: {failing}", "details": []}
+    return json_response(body, status=200 if healthy else 503)
+
+
+@routes.get("/metrics", auth=False, rate_limit=None, response={"type": "string"},
+            extra={"media_type": "text/plain"})
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics."""
+    body, content_type = request.app[keys.metrics].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+@routes.get("/openapi.json", auth=False, rate_limit=None, response={"type": "object"})
+async def openapi(request: web.Request) -> web.Response:
+    """This OpenAPI document."""
+    return json_response(request.app[openapi_document])
+
+
+@routes.get("/docs", auth=False, rate_limit=None, response={"type": "string"},
+            extra={"media_type": "text/html"})
+async def docs(request: web.Request) -> web.Response:
+    """Interactive API documentation."""
+    return docs_page()

@@ -1,0 +1,149 @@
+"""Real servers for the suite: PostgreSQL and Redis (given by URL, else embedded), a fresh
+migrated database per run, a Redis namespace per test, and the app on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+from redis import Redis as SyncRedis
+
+from server.config import Settings
+from tests.support.api import Api
+
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[tuple[str, str]]:
+    """(PostgreSQL admin URL, Redis URL): from the environment, else embedded servers."""
+    from server.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    started = []
+    tmp = Path(tempfile.mkdtemp(prefix="lustify-services-"))
+    db_url = os.environ.get("DATABASE_URL")
+    redis_url = os.environ.get("REDIS_URL")
+    if not db_url:
+        pg = EmbeddedPostgres(tmp / "postgres")
+        started.append(pg)
+        db_url = pg.uri
+    if not redis_url:
+        rd = EmbeddedRedis(tmp / "redis")
+        started.append(rd)
+        redis_url = rd.url
+    yield db_url, redis_url
+    for server in reversed(started):
+        server.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_database(url: str, name: str) -> str:
+    head, _, tail = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{tail}" if tail else "")
+
+
+@pytest.fixture(scope="session")
+def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    """A database of our own, created and migrated with alembic, dropped at the end."""
+    admin_url, _ = service_urls
+    name = f"lustify_test_{RUN_ID}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    url = _replace_database(admin_url, name)
+    from db.migrate import upgrade
+
+    upgrade(Settings(_env_file=None, database_url=url).sqlalchemy_url)
+    from server.cli import _seed
+
+    asyncio.run(_seed(Settings(_env_file=None, database_url=url)))
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_url(service_urls: tuple[str, str]) -> Iterator[str]:
+    _, url = service_urls
+    yield url
+    client = SyncRedis.from_url(url)
+    for key in client.scan_iter(match=f"lustify-test-{RUN_ID}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def tmp_data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_data_dir: Path) -> Settings:
+    """Test settings: fast bcrypt, generous limits, a Redis namespace of this test's own."""
+    return Settings(
+        _env_file=None,
+        app_env="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_namespace=f"lustify-test-{RUN_ID}-{uuid.uuid4().hex[:8]}",
+        jwt_secret=f"test-secret-{RUN_ID}-0123456789abcdef0123456789",
+        bcrypt_rounds=4,
+        rate_limit_auth="1000/minute",
+        rate_limit_api="100000/minute",
+        rate_limit_generation="1000/minute",
+        data_dir=tmp_data_dir,
+        local_ai_delay_ms=0,
+        log_json=False,
+        db_pool_size=5,
+    )
+
+
+async def start_app(settings: Settings) -> TestServer:
+    from server.app import create_app
+
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+@pytest.fixture
+async def app_server(settings: Settings) -> AsyncIterator[TestServer]:
+    server = await start_app(settings)
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def api(app_server: TestServer) -> AsyncIterator[Api]:
+    client = Api(str(app_server.make_url("")).rstrip("/"))
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def worker(settings: Settings) -> AsyncIterator[object]:
+    """A real arq worker in this event loop, on this test's queue."""
+    from tests.support.workers import running_worker
+
+    async with running_worker(settings) as arq_worker:
+        yield arq_worker

@@ -1,0 +1,269 @@
+"""Accounts and sessions, driven over HTTP like a frontend, with a real SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.conftest import start_app
+from tests.support.api import Api, verify_token_from
+from tests.support.smtp import SmtpServer
+from tests.support.workers import running_worker
+
+
+@pytest.fixture
+def smtp():
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def smtp_settings(settings, smtp):
+    return settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": smtp.port,
+                                       "smtp_starttls": False})
+
+
+@pytest.fixture
+async def smtp_api(smtp_settings):
+    server = await start_app(smtp_settings)
+    client = Api(str(server.make_url("")).rstrip("/"))
+    yield client
+    await client.close()
+    await server.close()
+
+
+@pytest.fixture
+async def smtp_worker(smtp_settings):
+    async with running_worker(smtp_settings) as worker:
+        yield worker
+
+
+def _reset_token(message) -> str:
+    body = message.get_payload(decode=True).decode()
+    return re.search(r"reset-password: (\S+)", body).group(1)
+
+
+async def test_whole_account_flow_over_smtp(smtp_api: Api, smtp, smtp_worker) -> None:
+    api = smtp_api
+    email = f"Flow-{uuid.uuid4().hex[:8]}@Example.com"
+    reply = await api.post("/api/auth/register", json={
+        "email": email, "password": "s3cret-password", "display_name": "Flow",
+        "date_of_birth": "1995-05-05"})
+    assert reply.status == 201, reply
+    user = reply.body["user"]
+    assert user["email"] == email.lower() and user["email_verified"] is False
+    assert reply.body["token_type"] == "Bearer" and reply.body["expires_in"] == 900
+    access, refresh = reply.body["access_token"], reply.body["refresh_token"]
+
+    profile = await api.get("/api/auth/profile", token=access)
+    assert profile.status == 200
+    assert profile.body["credits"]["balance"] == 25
+    assert profile.body["plan"]["id"] == "free" and profile.body["subscription"] is None
+
+    message = await smtp.inbox.wait(email.lower())
+    assert message["Subject"].startswith("Verify")
+    token = verify_token_from(message)
+    verified = await api.get(f"/api/auth/verify-email/{token}")
+    assert verified.status == 200 and verified.body["user"]["email_verified"] is True
+    again = await api.get(f"/api/auth/verify-email/{token}")
+    assert again.status == 400 and again.body["error"] == "invalid_token"
+
+    login = await api.post("/api/auth/login", json={"email": email, "password": "s3cret-password"})
+    assert login.status == 200
+    rotated = await api.post("/api/auth/refresh", json={"refresh_token": login.body["refresh_token"]})
+    assert rotated.status == 200
+    assert rotated.body["refresh_token"] != login.body["refresh_token"]
+    reused = await api.post("/api/auth/refresh", json={"refresh_token": login.body["refresh_token"]})
+    assert reused.status == 401 and reused.body["error"] == "token_revoked"
+    # The reuse revoked the whole family: the newest token of it is dead too.
+    newest = await api.post("/api/auth/refresh", json={"refresh_token": rotated.body["refresh_token"]})
+    assert newest.status == 401 and newest.body["error"] == "token_revoked"
+    # Another family (the registration session) still works.
+    other = await api.post("/api/auth/refresh", json={"refresh_token": refresh})
+    assert other.status == 200
+
+    forgot = await api.post("/api/auth/forgot-password", json={"email": email})
+    assert forgot.status == 202
+    reset_mail = await smtp.inbox.wait(email.lower(), count=2)
+    reset = await api.post("/api/auth/reset-password", json={
+        "token": _reset_token(reset_mail), "password": "brand-new-password"})
+    assert reset.status == 200
+    dead_access = await api.get("/api/auth/profile", token=other.body["access_token"])
+    assert dead_access.status == 401 and dead_access.body["error"] == "token_revoked"
+    dead_refresh = await api.post("/api/auth/refresh", json={"refresh_token": other.body["refresh_token"]})
+    assert dead_refresh.status == 401
+    old_password = await api.post("/api/auth/login", json={"email": email, "password": "s3cret-password"})
+    assert old_password.status == 401
+    new_login = await api.post("/api/auth/login", json={"email": email, "password": "brand-new-password"})
+    assert new_login.status == 200
+    reuse_reset = await api.post("/api/auth/reset-password", json={
+        "token": _reset_token(reset_mail), "password": "another-password"})
+    assert reuse_reset.status == 400 and reuse_reset.body["error"] == "invalid_token"
+
+
+async def test_register_validation_errors_have_field_details(api: Api) -> None:
+    reply = await api.post("/api/auth/register", json={
+        "email": "not-an-email", "password": "short", "date_of_birth": "2015-01-01", "role": "admin"})
+    assert reply.status == 400 and reply.body["error"] == "validation_error"
+    fields = {d["field"] for d in reply.body["details"]}
+    assert {"email", "password", "date_of_birth", "role"} <= fields
+
+
+async def test_minors_and_duplicates_are_refused(api: Api) -> None:
+    today = time.gmtime()
+    seventeen = f"{today.tm_year - 17}-01-01"
+    minor = await api.post("/api/auth/register", json={
+        "email": f"kid-{uuid.uuid4().hex[:6]}@example.com", "password": "long enough pw",
+        "date_of_birth": seventeen})
+    assert minor.status == 400
+    user = await api.register()
+    dup = await api.post("/api/auth/register", json={
+        "email": user.email.upper(), "password": "long enough pw", "date_of_birth": "1990-01-01"})
+    assert dup.status == 409 and dup.body["error"] == "conflict"
+
+
+async def test_long_and_unicode_passwords_are_all_significant(api: Api) -> None:
+    shared = "p" * 80
+    user = await api.register(password=shared + "A")
+    wrong = await api.post("/api/auth/login", json={"email": user.email, "password": shared + "B"})
+    assert wrong.status == 401
+    right = await api.post("/api/auth/login", json={"email": user.email, "password": shared + "A"})
+    assert right.status == 200
+    uni = await api.register(password="пароль-密码-🔑-" * 8)
+    ok = await api.post("/api/auth/login", json={"email": uni.email, "password": "пароль-密码-🔑-" * 8})
+    assert ok.status == 200
+    too_long = await api.post("/api/auth/register", json={
+        "email": f"l-{uuid.uuid4().hex[:6]}@example.com", "password": "x" * 129,
+        "date_of_birth": "1990-01-01"})
+    assert too_long.status == 400
+
+
+async def test_login_does_not_reveal_which_emails_exist(api: Api) -> None:
+    user = await api.register()
+    known = await api.post("/api/auth/login", json={"email": user.email, "password": "wrong-password"})
+    unknown = await api.post("/api/auth/login", json={"email": f"nobody-{uuid.uuid4().hex}@example.com",
+                                                      "password": "wrong-password"})
+    assert known.status == unknown.status == 401
+    assert known.body == unknown.body
+    f_known = await api.post("/api/auth/forgot-password", json={"email": user.email})
+    f_unknown = await api.post("/api/auth/forgot-password", json={"email": f"nobody-{uuid.uuid4().hex}@example.com"})
+    assert f_known.status == f_unknown.status == 202
+    assert f_known.body == f_unknown.body
+
+
+async def test_jwt_attacks_are_refused(api: Api, settings) -> None:
+    user = await api.register()
+    secret = settings.jwt_secret.get_secret_value()
+    now = int(time.time())
+    good = {"sub": user.id, "typ": "access", "ver": 0, "iat": now, "exp": now + 60}
+    none_token = jwt.encode(good, None, algorithm="none")
+    attempts = {
+        "alg none": none_token,
+        "wrong alg": jwt.encode(good, secret + "x" * 40, algorithm="HS512"),
+        "wrong secret": jwt.encode(good, "another-secret-another-secret-1234", algorithm="HS256"),
+        "expired": jwt.encode({**good, "iat": now - 120, "exp": now - 60}, secret, algorithm="HS256"),
+        "refresh as access": user.refresh_token,
+        "missing ver": jwt.encode({k: v for k, v in good.items() if k != "ver"}, secret, algorithm="HS256"),
+        "missing sub": jwt.encode({k: v for k, v in good.items() if k != "sub"}, secret, algorithm="HS256"),
+        "wrong typ": jwt.encode({**good, "typ": "refresh"}, secret, algorithm="HS256"),
+        "garbage": "a.b.c",
+    }
+    for name, token in attempts.items():
+        reply = await api.get("/api/auth/profile", token=token)
+        assert reply.status == 401, name
+        expected = "token_expired" if name == "expired" else "unauthorized"
+        assert reply.body["error"] == expected, name
+    missing = await api.get("/api/auth/profile")
+    assert missing.status == 401 and missing.body["error"] == "unauthorized"
+    assert (await api.get("/api/auth/profile", token=jwt.encode(good, secret, algorithm="HS256"))).status == 200
+
+
+async def test_profile_update_rules(api: Api, worker, settings) -> None:
+    user = await api.register()
+    mass = await api.put("/api/auth/profile", token=user.access_token, json={"email_verified": True})
+    assert mass.status == 400 and mass.body["details"][0]["field"] == "email_verified"
+    renamed = await api.put("/api/auth/profile", token=user.access_token, json={"display_name": "New Name"})
+    assert renamed.status == 200 and renamed.body["user"]["display_name"] == "New Name"
+    no_current = await api.put("/api/auth/profile", token=user.access_token, json={"new_password": "another-pass"})
+    assert no_current.status == 400
+    changed = await api.put("/api/auth/profile", token=user.access_token, json={
+        "current_password": user.password, "new_password": "another-pass"})
+    assert changed.status == 200
+    assert (await api.get("/api/auth/profile", token=user.access_token)).status == 401
+    fresh = changed.body["tokens"]["access_token"]
+    assert (await api.get("/api/auth/profile", token=fresh)).status == 200
+    new_email = f"moved-{uuid.uuid4().hex[:8]}@example.com"
+    moved = await api.put("/api/auth/profile", token=fresh, json={"email": new_email})
+    assert moved.status == 200
+    assert moved.body["user"]["email"] == new_email and moved.body["user"]["email_verified"] is False
+    other = await api.register()
+    taken = await api.put("/api/auth/profile", token=fresh, json={"email": other.email})
+    assert taken.status == 409
+
+
+async def test_logout_revokes_the_family(api: Api) -> None:
+    user = await api.register()
+    out = await api.post("/api/auth/logout", token=user.access_token, json={"refresh_token": user.refresh_token})
+    assert out.status == 204
+    again = await api.post("/api/auth/refresh", json={"refresh_token": user.refresh_token})
+    assert again.status == 401 and again.body["error"] == "token_revoked"
+
+
+async def test_auth_rate_limits_hit_and_recover(settings) -> None:
+    limited = settings.model_copy(update={"rate_limit_auth": "3/2seconds"})
+    from server.config import Settings
+
+    limited = Settings(**{**settings.model_dump(), "rate_limit_auth": "3/2seconds",
+                          "jwt_secret": settings.jwt_secret, "db_password": settings.db_password})
+    server = await start_app(limited)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        body = {"email": f"rl-{uuid.uuid4().hex[:8]}@example.com", "password": "whatever-pass"}
+        statuses = [(await api.post("/api/auth/login", json=body)) for _ in range(4)]
+        assert [r.status for r in statuses[:3]] == [401, 401, 401]
+        blocked = statuses[3]
+        assert blocked.status == 429 and blocked.body["error"] == "rate_limited"
+        assert int(blocked.headers["Retry-After"]) >= 1
+        assert blocked.headers["X-RateLimit-Limit"] == "3"
+        assert blocked.headers["X-RateLimit-Remaining"] == "0"
+        await asyncio.sleep(int(blocked.headers["Retry-After"]) + 0.1)
+        assert (await api.post("/api/auth/login", json=body)).status == 401
+    finally:
+        await api.close()
+        await server.close()
+
+
+async def test_forwarded_for_is_trusted_only_from_configured_proxies(settings) -> None:
+    from server.config import Settings
+
+    limited = Settings(**{**settings.model_dump(), "rate_limit_auth": "2/minute",
+                          "jwt_secret": settings.jwt_secret, "db_password": settings.db_password})
+    server = await start_app(limited)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        # Not a trusted proxy: spoofed X-Forwarded-For does not buy fresh quota.
+        for i in range(3):
+            reply = await api.post("/api/auth/forgot-password", json={"email": f"x{i}-{uuid.uuid4().hex[:6]}@example.com"},
+                                   headers={"X-Forwarded-For": f"10.0.0.{i}"})
+        assert reply.status == 429
+    finally:
+        await api.close()
+        await server.close()
+    trusting = Settings(**{**settings.model_dump(), "rate_limit_auth": "2/minute", "trusted_proxies": ["127.0.0.1"],
+                           "jwt_secret": settings.jwt_secret, "db_password": settings.db_password,
+                           "redis_namespace": settings.redis_namespace + "-b"})
+    server = await start_app(trusting)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        for i in range(3):
+            reply = await api.post("/api/auth/forgot-password", json={"email": f"y{i}-{uuid.uuid4().hex[:6]}@example.com"},
+                                   headers={"X-Forwarded-For": f"10.0.1.{i}"})
+            assert reply.status == 202
+    finally:
+        await api.close()
+        await server.close()
