@@ -1,0 +1,1 @@
+"""AI providers: xAI Grok when GROK_API_KEY is set, else the offline local renderer."""

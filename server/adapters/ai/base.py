@@ -1,0 +1,69 @@
+"""The AI provider interface used by avatars and generation (grok and local implement it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+VideoState = Literal["pending", "done", "failed", "expired"]
+
+
+class ProviderError(Exception):
+    """A provider call failed. `transient` errors (429, 5xx, timeouts) are worth retrying."""
+
+    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.transient = transient
+        self.status = status
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes  # the image itself (copied from the provider at once: its URLs are temporary)
+    content_type: str = "image/jpeg"
+    revised_prompt: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoStatus:
+    state: VideoState
+    progress: int | None = None  # 0..100 when the provider tells
+    data: bytes | None = None  # the MP4, downloaded, when state == "done"
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class AvatarSpec:
+    name: str
+    age: int
+    seed: int
+    description: str | None = None
+    appearance: dict[str, Any] = field(default_factory=dict)
+    personality: str | None = None
+    style: str | None = None
+
+
+class AIProvider(Protocol):
+    async def character_profile(self, avatar: AvatarSpec) -> dict[str, Any]:
+        """A structured profile: physical_traits, style, personality, and a fixed `identity`
+        sentence that is put in every prompt of this avatar for consistency."""
+
+    async def enhance_prompt(
+        self, *, prompt: str, kind: Literal["image", "video"], profile: dict[str, Any] | None
+    ) -> str:
+        """The user's prompt rewritten for the image/video model, with the avatar's identity."""
+
+    async def generate_image(
+        self, *, prompt: str, seed: int, aspect_ratio: str = "1:1", quality: str = "standard"
+    ) -> GeneratedImage: ...
+
+    async def start_video(
+        self, *, prompt: str, seed: int, duration_seconds: int, aspect_ratio: str = "16:9",
+        image_url: str | None = None, quality: str = "standard",
+    ) -> str:
+        """Start an asynchronous video generation; returns the provider's request id."""
+
+    async def poll_video(self, request_id: str) -> VideoStatus: ...
+
+    async def aclose(self) -> None: ...
