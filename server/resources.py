@@ -12,7 +12,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.session import make_engine, make_sessionmaker
+from server.adapters.ai import AIProvider, make_ai
 from server.adapters.email import Mailer, make_mailer
+from server.adapters.storage import Storage, make_storage
 from server.config import Settings
 from server.ratelimit import RateLimiter
 from server.realtime.publisher import Publisher
@@ -28,6 +30,8 @@ class Resources:
     rate_limiter: RateLimiter
     publisher: Publisher
     mailer: Mailer
+    ai: AIProvider
+    storage: Storage
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -55,6 +59,10 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         )
         stack.push_async_callback(_close_emitter, emitter)
         publisher = Publisher(redis, emitter, settings, metrics)
+        ai = make_ai(settings)
+        stack.push_async_callback(ai.aclose)
+        storage = make_storage(settings)
+        stack.push_async_callback(storage.aclose)
         yield Resources(
             settings=settings,
             engine=engine,
@@ -64,6 +72,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             rate_limiter=RateLimiter(redis, settings),
             publisher=publisher,
             mailer=make_mailer(settings),
+            ai=ai,
+            storage=storage,
         )
 
 

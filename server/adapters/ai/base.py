@@ -60,9 +60,12 @@ class AIProvider(Protocol):
 
     async def start_video(
         self, *, prompt: str, seed: int, duration_seconds: int, aspect_ratio: str = "16:9",
-        image_url: str | None = None, quality: str = "standard",
+        image_url: str | None = None, image_data: bytes | None = None, quality: str = "standard",
     ) -> str:
-        """Start an asynchronous video generation; returns the provider's request id."""
+        """Start an asynchronous video generation; returns the provider's request id.
+
+        A source image to animate comes as a URL the provider can fetch (`image_url`)
+        and as bytes (`image_data`) for providers that cannot reach our storage."""
 
     async def poll_video(self, request_id: str) -> VideoStatus: ...
 

@@ -17,6 +17,10 @@ class Storage(Protocol):
     async def signed_url(self, key: str, *, expires_in: int | None = None) -> str:
         """A URL that reads this private object until it expires."""
 
+    async def open_signed(self, key: str, *, expires: str, sig: str) -> tuple[bytes, str]:
+        """Serve a URL made by `signed_url` when the app itself serves files (local);
+        stores whose URLs point elsewhere (S3) raise NotFound."""
+
     async def aclose(self) -> None: ...
 
 
