@@ -134,7 +134,7 @@ class LocalProvider:
             "style": style,
             "personality": personality,
             "backstory": (avatar.description or f"{avatar.name} is {personality}.")[:500],
-            "palette": ["#%02x%02x%02x" % c for c in _palette(avatar.seed)],
+            "palette": ["#{:02x}{:02x}{:02x}".format(*c) for c in _palette(avatar.seed)],
             "provider": "local",
         }
 
