@@ -22,20 +22,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["stack"].aclose()
 
 
-def job_functions() -> list[Any]:
+def job_functions(settings: Settings) -> list[Any]:
     from jobs.email import EMAIL_JOB
+    from jobs.generation import generation_jobs
 
-    return [EMAIL_JOB]
+    return [EMAIL_JOB, *generation_jobs(settings)]
 
 
-def cron_jobs() -> list[Any]:
-    return []
+def cron_jobs(settings: Settings) -> list[Any]:
+    from jobs.sweep import sweep_cron
+
+    return [sweep_cron(settings)]
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "functions": job_functions(),
-        "cron_jobs": cron_jobs(),
+        "functions": job_functions(settings),
+        "cron_jobs": cron_jobs(settings),
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_dsn),

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     socketio_client_events_per_10s: int = 50
     worker_poll_delay_seconds: float = 0.05
 
+    generation_max_attempts: int = Field(3, ge=1, le=10)
+    generation_lease_seconds: int = Field(60, ge=1)  # a job renews it; past it the sweep takes over
+    generation_retry_backoff_seconds: float = 2.0
+    image_job_timeout_seconds: int = 300
+    video_job_timeout_seconds: int = 900  # provider video times are minutes
+    video_poll_interval_seconds: float = 5.0
+    sweep_interval_seconds: int = Field(10, ge=1, le=60)
+    queued_grace_seconds: int = 30  # queued this long without an arq job -> re-enqueued
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -28,3 +28,23 @@ class Metrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+async def generation_job_metrics(redis, key: str) -> bytes:
+    """Generation job counters that workers keep in Redis, in Prometheus text form."""
+    raw = await redis.hgetall(key)
+    totals: dict[tuple[str, str], float] = {}
+    seconds: dict[str, float] = {}
+    for field, value in raw.items():
+        kind, _, what = field.decode().partition("|")
+        if what == "seconds":
+            seconds[kind] = float(value)
+        else:
+            totals[(kind, what)] = float(value)
+    lines = ["# HELP generation_jobs_total Generation job runs by kind and outcome",
+             "# TYPE generation_jobs_total counter"]
+    lines += [f'generation_jobs_total{{kind="{k}",outcome="{o}"}} {v:g}' for (k, o), v in sorted(totals.items())]
+    lines += ["# HELP generation_job_seconds_total Time spent in generation job runs",
+              "# TYPE generation_job_seconds_total counter"]
+    lines += [f'generation_job_seconds_total{{kind="{k}"}} {v:.3f}' for k, v in sorted(seconds.items())]
+    return ("\n".join(lines) + "\n").encode()

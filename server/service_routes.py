@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from server import __version__, keys
 from server.json_io import json_response
+from server.metrics import generation_job_metrics
 from server.openapi import docs_page
 from server.resources import Resources
 from server.routing import Routes
@@ -63,6 +64,11 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics."""
     body, content_type = request.app[keys.metrics].render()
+    res = request.app[keys.resources]
+    try:
+        body += await generation_job_metrics(res.redis, res.settings.key("metrics", "generation"))
+    except Exception:  # metrics stay available while Redis is down
+        pass
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

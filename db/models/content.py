@@ -38,6 +38,9 @@ class GeneratedContent(Base):
     quality: Mapped[str] = mapped_column(String(16), nullable=False, server_default="standard")
     params: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default="{}")
     credits_cost: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Ledger key of the current charge; a retry charges again under a new key.
+    charge_key: Mapped[str | None] = mapped_column(String(255))
+    job_id: Mapped[str | None] = mapped_column(String(255))  # the arq job currently responsible
     storage_key: Mapped[str | None] = mapped_column(String(512))
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
     error: Mapped[str | None] = mapped_column(Text)

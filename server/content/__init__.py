@@ -1,0 +1,1 @@
+"""Generated content: images and videos made by the worker, paid from the ledger."""

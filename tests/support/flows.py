@@ -1,0 +1,35 @@
+"""Multi-step user flows shared by tests: wait for content, read the event history."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tests.support.api import Api, User
+
+FINAL = ("completed", "failed", "canceled")
+
+
+async def wait_for_content(api: Api, user: User, content_id: str, *, statuses=FINAL,
+                           timeout: float = 30) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        reply = await api.get(f"/api/content/{content_id}", token=user.access_token)
+        assert reply.status == 200, reply
+        if reply.body["status"] in statuses:
+            return reply.body
+        if loop.time() > deadline:
+            raise AssertionError(f"content stayed {reply.body['status']}: {reply.body}")
+        await asyncio.sleep(0.05)
+
+
+async def balance(api: Api, user: User) -> int:
+    reply = await api.get("/api/auth/profile", token=user.access_token)
+    assert reply.status == 200, reply
+    return reply.body["credits"]["balance"]
+
+
+async def history(publisher, user_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Every event recorded for the user, oldest first."""
+    return await publisher.events_after(user_id, "0-0")
