@@ -1,0 +1,1 @@
+"""The studio's home screen: overview, counters, analytics, activity and limits."""

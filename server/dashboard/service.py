@@ -1,0 +1,182 @@
+"""Dashboard reads, computed in SQL (Core selects over the list/analytics indexes)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import ActivityEvent, GeneratedContent as C, User
+from server.adapters.storage import Storage
+from server.billing.queries import subscription_and_plan
+from server.content.queries import COLUMNS as CONTENT_COLUMNS, render
+from server.credits.costs import cost_of
+from server.credits.queries import get_credits
+
+TIMEFRAME_DAYS = {"7d": 7, "30d": 30, "90d": 90}
+USER_COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.created_at, User.timezone)
+ACTIVITY_COLUMNS = (ActivityEvent.id, ActivityEvent.type, ActivityEvent.message, ActivityEvent.data,
+                    ActivityEvent.created_at)
+
+_COUNTS = text("""
+SELECT
+    (SELECT count(*) FROM avatars WHERE user_id = :user_id) AS avatars,
+    count(*) FILTER (WHERE type = 'image' AND status = 'completed') AS images,
+    count(*) FILTER (WHERE type = 'video' AND status = 'completed') AS videos,
+    count(*) FILTER (WHERE status IN ('queued', 'processing')) AS in_progress,
+    count(*) FILTER (WHERE status = 'failed') AS failed
+FROM generated_content WHERE user_id = :user_id
+""")
+
+_QUICK = text("""
+SELECT coalesce((SELECT balance FROM user_credits WHERE user_id = :user_id), 0) AS balance,
+       (SELECT NOT email_verified FROM users WHERE id = :user_id) AS unverified,
+       counts.*
+FROM (""" + _COUNTS.text + """) AS counts
+""")
+
+# One row per day in the user's time zone, zeros for empty days.
+_SERIES = text("""
+WITH bounds AS (
+    SELECT (now() AT TIME ZONE :tz)::date AS today
+), days AS (
+    SELECT generate_series(today - (:days - 1), today, interval '1 day')::date AS day FROM bounds
+), since AS (
+    SELECT ((SELECT today FROM bounds) - (:days - 1))::timestamp AT TIME ZONE :tz AS start
+), content AS (
+    SELECT (created_at AT TIME ZONE :tz)::date AS day,
+           count(*) FILTER (WHERE type = 'image' AND status = 'completed') AS images,
+           count(*) FILTER (WHERE type = 'video' AND status = 'completed') AS videos,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM generated_content
+    WHERE user_id = :user_id AND created_at >= (SELECT start FROM since)
+    GROUP BY 1
+), spent AS (
+    SELECT (created_at AT TIME ZONE :tz)::date AS day, -sum(amount) AS credits_spent
+    FROM credit_transactions
+    WHERE user_id = :user_id AND type = 'spend' AND created_at >= (SELECT start FROM since)
+    GROUP BY 1
+)
+SELECT days.day AS date,
+       coalesce(spent.credits_spent, 0)::int AS credits_spent,
+       coalesce(content.images, 0)::int AS images,
+       coalesce(content.videos, 0)::int AS videos,
+       coalesce(content.failed, 0)::int AS failed
+FROM days
+LEFT JOIN content ON content.day = days.day
+LEFT JOIN spent ON spent.day = days.day
+ORDER BY days.day
+""")
+
+_REFUNDED = text("""
+SELECT coalesce(sum(amount), 0)::int FROM credit_transactions
+WHERE user_id = :user_id AND type = 'refund'
+  AND created_at >= (((now() AT TIME ZONE :tz)::date - (:days - 1))::timestamp AT TIME ZONE :tz)
+""")
+
+_TOP_AVATARS = text("""
+SELECT a.id AS avatar_id, a.name, count(*)::int AS uses
+FROM generated_content c JOIN avatars a ON a.id = c.avatar_id
+WHERE c.user_id = :user_id
+  AND c.created_at >= (((now() AT TIME ZONE :tz)::date - (:days - 1))::timestamp AT TIME ZONE :tz)
+GROUP BY a.id, a.name ORDER BY uses DESC, a.name LIMIT 5
+""")
+
+
+async def counts(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, int]:
+    return dict((await session.execute(_COUNTS, {"user_id": user_id})).mappings().one())
+
+
+async def quick_stats(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:
+    """The header bar's counters, in one query."""
+    row = dict((await session.execute(_QUICK, {"user_id": user_id})).mappings().one())
+    row["unverified"] = bool(row["unverified"])
+    row.pop("failed", None)
+    return row
+
+
+async def analytics(session: AsyncSession, *, user_id: uuid.UUID, timeframe: str, tz: str | None) -> dict[str, Any]:
+    """Per-day usage over the timeframe in the user's time zone, totals and top avatars."""
+    if tz is None:
+        tz = (await session.execute(select(User.timezone).where(User.id == user_id))).scalar_one_or_none() or "UTC"
+    params = {"user_id": user_id, "tz": tz, "days": TIMEFRAME_DAYS[timeframe]}
+    series = [dict(r) for r in (await session.execute(_SERIES, params)).mappings()]
+    totals = {key: sum(day[key] for day in series) for key in ("credits_spent", "images", "videos", "failed")}
+    totals["credits_refunded"] = (await session.execute(_REFUNDED, params)).scalar_one()
+    top = [dict(r) for r in (await session.execute(_TOP_AVATARS, params)).mappings()]
+    return {"timeframe": timeframe, "timezone": tz, "series": series, "totals": totals, "top_avatars": top}
+
+
+async def activity_page(session: AsyncSession, *, user_id: uuid.UUID, page: int, limit: int) -> dict[str, Any]:
+    """The persisted feed, newest first."""
+    total = (await session.execute(
+        select(func.count()).select_from(ActivityEvent).where(ActivityEvent.user_id == user_id))).scalar_one()
+    rows = await session.execute(
+        select(*ACTIVITY_COLUMNS).where(ActivityEvent.user_id == user_id)
+        .order_by(ActivityEvent.created_at.desc(), ActivityEvent.id.desc())
+        .limit(limit).offset((page - 1) * limit)
+    )
+    return {"items": [dict(r) for r in rows.mappings()], "total": total, "page": page, "limit": limit}
+
+
+def _warnings(*, verified: bool, balance: int, allowance: int, avatars: int, avatar_limit: int,
+              subscription: dict[str, Any] | None) -> list[dict[str, str]]:
+    warnings = []
+    if not verified:
+        warnings.append({"code": "email_unverified",
+                         "message": "Verify your email address to create avatars and generate content"})
+    if balance < max(2 * cost_of("image"), allowance // 10):
+        warnings.append({"code": "low_credits",
+                         "message": f"Only {balance} credits left; top up or upgrade your plan"})
+    if avatar_limit and avatars >= avatar_limit - 1 and (avatars > 0 or avatar_limit == 1):
+        left = max(0, avatar_limit - avatars)
+        warnings.append({"code": "avatar_limit_near",
+                         "message": f"{avatars} of {avatar_limit} avatars used"
+                                    + ("; upgrade to create more" if left == 0 else f"; {left} left")})
+    if subscription is not None and subscription["status"] in ("past_due", "unpaid"):
+        warnings.append({"code": "payment_failed",
+                         "message": "Your last payment failed; update your payment method to keep your plan"})
+    return warnings
+
+
+async def limits(session: AsyncSession, *, user_id: uuid.UUID, verified: bool,
+                 avatars_used: int | None = None) -> dict[str, Any]:
+    """Avatars used/limit, credits vs the plan's allowance, and warnings."""
+    subscription, plan = await subscription_and_plan(session, user_id=user_id)
+    credits = await get_credits(session, user_id=user_id)
+    if avatars_used is None:
+        avatars_used = (await counts(session, user_id=user_id))["avatars"]
+    limit = plan["avatar_limit"]
+    allowance = plan["credits_per_period"]
+    return {
+        "plan_id": plan["id"],
+        "avatars": {"used": avatars_used, "limit": limit, "remaining": max(0, limit - avatars_used)},
+        "credits": {"balance": credits["balance"], "plan_allowance": allowance,
+                    "used_fraction": round(1 - credits["balance"] / allowance, 3) if allowance else None},
+        "warnings": _warnings(verified=verified, balance=credits["balance"], allowance=allowance,
+                              avatars=avatars_used, avatar_limit=limit, subscription=subscription),
+    }
+
+
+async def overview(session: AsyncSession, *, user_id: uuid.UUID, storage: Storage) -> dict[str, Any]:
+    """Everything the studio's home screen shows, in one call."""
+    user = dict((await session.execute(select(*USER_COLUMNS).where(User.id == user_id))).mappings().one())
+    subscription, plan = await subscription_and_plan(session, user_id=user_id)
+    numbers = await counts(session, user_id=user_id)
+    recent = (await session.execute(
+        select(*CONTENT_COLUMNS).where(C.user_id == user_id).order_by(C.created_at.desc(), C.id.desc()).limit(5)
+    )).mappings().all()
+    activity = await activity_page(session, user_id=user_id, page=1, limit=10)
+    return {
+        "user": user,
+        "credits": await get_credits(session, user_id=user_id),
+        "subscription": subscription,
+        "plan": plan,
+        "counts": numbers,
+        "recent_content": [await render(row, storage) for row in recent],
+        "recent_activity": activity["items"],
+        "limits": await limits(session, user_id=user_id, verified=user["email_verified"],
+                               avatars_used=numbers["avatars"]),
+    }
