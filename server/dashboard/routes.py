@@ -9,7 +9,13 @@ from server import keys
 from server.auth.current_user import CurrentUser
 from server.dashboard import service
 from server.dashboard.schemas import (
-    ActivityPage, ActivityQuery, AnalyticsOut, AnalyticsQuery, DashboardOut, LimitsOut, QuickStatsOut,
+    ActivityPage,
+    ActivityQuery,
+    AnalyticsOut,
+    AnalyticsQuery,
+    DashboardOut,
+    LimitsOut,
+    QuickStatsOut,
 )
 from server.routing import Routes
 

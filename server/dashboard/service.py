@@ -8,10 +8,12 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import ActivityEvent, GeneratedContent as C, User
+from db.models import ActivityEvent, User
+from db.models import GeneratedContent as C
 from server.adapters.storage import Storage
 from server.billing.queries import subscription_and_plan
-from server.content.queries import COLUMNS as CONTENT_COLUMNS, render
+from server.content.queries import COLUMNS as CONTENT_COLUMNS
+from server.content.queries import render
 from server.credits.costs import cost_of
 from server.credits.queries import get_credits
 
