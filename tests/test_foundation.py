@@ -201,3 +201,55 @@ def test_database_url_from_db_parts() -> None:
                  db_password="p@ss word")
     assert s.sqlalchemy_url == "postgresql+asyncpg://u:p%40ss%20word@db:6543/lust"
     assert Settings(_env_file=None, database_url="postgres://a@b/c").sqlalchemy_url == "postgresql+asyncpg://a@b/c"
+
+
+def test_models_and_migrations_agree(database_url) -> None:
+    """Autogenerate against the migrated database finds nothing to change."""
+    import asyncio
+
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import db.models  # noqa: F401
+    from db.base import Base
+    from server.config import Settings
+
+    async def diff() -> list:
+        engine = create_async_engine(Settings(_env_file=None, database_url=database_url).sqlalchemy_url)
+        async with engine.connect() as conn:
+            result = await conn.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync, opts={"compare_type": True}),
+                                              Base.metadata))
+        await engine.dispose()
+        return result
+
+    assert asyncio.run(diff()) == []
+
+
+def test_migrations_downgrade_and_upgrade_again(service_urls) -> None:
+    import asyncio
+    import uuid
+
+    from db.migrate import downgrade, upgrade
+    from server.config import Settings
+    from tests.conftest import _replace_database
+
+    admin_url, _ = service_urls
+    name = f"lustify_roundtrip_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        url = Settings(_env_file=None, database_url=_replace_database(admin_url, name)).sqlalchemy_url
+        upgrade(url)
+        downgrade(url, "base")
+        upgrade(url)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

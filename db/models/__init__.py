@@ -5,9 +5,11 @@ from db.models.avatars import Avatar
 from db.models.billing import StripeEvent, SubscriptionPlan, UserSubscription
 from db.models.content import GeneratedContent
 from db.models.credits import CreditTransaction, UserCredits
+from db.models.usage import AvatarUsageHour, UsageBucket
 from db.models.users import AuthToken, RefreshToken, User
 
 __all__ = [
-    "ActivityEvent", "Avatar", "AuthToken", "CreditTransaction", "GeneratedContent",
-    "RefreshToken", "StripeEvent", "SubscriptionPlan", "User", "UserCredits", "UserSubscription",
+    "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "CreditTransaction", "GeneratedContent",
+    "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket", "User", "UserCredits",
+    "UserSubscription",
 ]

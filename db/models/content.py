@@ -63,6 +63,10 @@ class GeneratedContent(Base):
         Index("ix_generated_content_user_id_created_at", "user_id", "created_at"),
         Index("ix_generated_content_user_id_type_status", "user_id", "type", "status"),
         Index("ix_generated_content_avatar_id", "avatar_id"),
+        Index(
+            "ix_generated_content_user_unfinished", "user_id",
+            postgresql_where="status IN ('queued', 'processing')",
+        ),
         # The sweep only looks at unfinished rows; keep that index tiny.
         Index(
             "ix_generated_content_unfinished", "status", "updated_at",

@@ -22,14 +22,16 @@ USER_COLUMNS = (User.id, User.email, User.display_name, User.email_verified, Use
 ACTIVITY_COLUMNS = (ActivityEvent.id, ActivityEvent.type, ActivityEvent.message, ActivityEvent.data,
                     ActivityEvent.created_at)
 
+# Totals come from the trigger-kept rollups, never from scanning a user's content.
 _COUNTS = text("""
 SELECT
-    (SELECT count(*) FROM avatars WHERE user_id = :user_id) AS avatars,
-    count(*) FILTER (WHERE type = 'image' AND status = 'completed') AS images,
-    count(*) FILTER (WHERE type = 'video' AND status = 'completed') AS videos,
-    count(*) FILTER (WHERE status IN ('queued', 'processing')) AS in_progress,
-    count(*) FILTER (WHERE status = 'failed') AS failed
-FROM generated_content WHERE user_id = :user_id
+    (SELECT count(*) FROM avatars WHERE user_id = :user_id)::int AS avatars,
+    coalesce(sum(images), 0)::int AS images,
+    coalesce(sum(videos), 0)::int AS videos,
+    (SELECT count(*) FROM generated_content
+     WHERE user_id = :user_id AND status IN ('queued', 'processing'))::int AS in_progress,
+    coalesce(sum(failed), 0)::int AS failed
+FROM usage_buckets WHERE user_id = :user_id
 """)
 
 _QUICK = text("""
@@ -39,51 +41,39 @@ SELECT coalesce((SELECT balance FROM user_credits WHERE user_id = :user_id), 0) 
 FROM (""" + _COUNTS.text + """) AS counts
 """)
 
-# One row per day in the user's time zone, zeros for empty days.
+# One row per day in the user's time zone, zeros for empty days; 15-minute buckets make
+# every zone's day boundary exact.
 _SERIES = text("""
 WITH bounds AS (
     SELECT (now() AT TIME ZONE :tz)::date AS today
 ), days AS (
     SELECT generate_series(today - (:days - 1), today, interval '1 day')::date AS day FROM bounds
-), since AS (
-    SELECT ((SELECT today FROM bounds) - (:days - 1))::timestamp AT TIME ZONE :tz AS start
-), content AS (
-    SELECT (created_at AT TIME ZONE :tz)::date AS day,
-           count(*) FILTER (WHERE type = 'image' AND status = 'completed') AS images,
-           count(*) FILTER (WHERE type = 'video' AND status = 'completed') AS videos,
-           count(*) FILTER (WHERE status = 'failed') AS failed
-    FROM generated_content
-    WHERE user_id = :user_id AND created_at >= (SELECT start FROM since)
-    GROUP BY 1
-), spent AS (
-    SELECT (created_at AT TIME ZONE :tz)::date AS day, -sum(amount) AS credits_spent
-    FROM credit_transactions
-    WHERE user_id = :user_id AND type = 'spend' AND created_at >= (SELECT start FROM since)
+), usage AS (
+    SELECT (bucket AT TIME ZONE :tz)::date AS day, sum(images) AS images, sum(videos) AS videos,
+           sum(failed) AS failed, sum(credits_spent) AS credits_spent,
+           sum(credits_refunded) AS credits_refunded
+    FROM usage_buckets
+    WHERE user_id = :user_id
+      AND bucket >= ((SELECT today FROM bounds) - (:days - 1))::timestamp AT TIME ZONE :tz
     GROUP BY 1
 )
 SELECT days.day AS date,
-       coalesce(spent.credits_spent, 0)::int AS credits_spent,
-       coalesce(content.images, 0)::int AS images,
-       coalesce(content.videos, 0)::int AS videos,
-       coalesce(content.failed, 0)::int AS failed
-FROM days
-LEFT JOIN content ON content.day = days.day
-LEFT JOIN spent ON spent.day = days.day
+       coalesce(usage.credits_spent, 0)::int AS credits_spent,
+       coalesce(usage.images, 0)::int AS images,
+       coalesce(usage.videos, 0)::int AS videos,
+       coalesce(usage.failed, 0)::int AS failed,
+       coalesce(usage.credits_refunded, 0)::int AS credits_refunded
+FROM days LEFT JOIN usage ON usage.day = days.day
 ORDER BY days.day
 """)
 
-_REFUNDED = text("""
-SELECT coalesce(sum(amount), 0)::int FROM credit_transactions
-WHERE user_id = :user_id AND type = 'refund'
-  AND created_at >= (((now() AT TIME ZONE :tz)::date - (:days - 1))::timestamp AT TIME ZONE :tz)
-""")
-
 _TOP_AVATARS = text("""
-SELECT a.id AS avatar_id, a.name, count(*)::int AS uses
-FROM generated_content c JOIN avatars a ON a.id = c.avatar_id
-WHERE c.user_id = :user_id
-  AND c.created_at >= (((now() AT TIME ZONE :tz)::date - (:days - 1))::timestamp AT TIME ZONE :tz)
-GROUP BY a.id, a.name ORDER BY uses DESC, a.name LIMIT 5
+SELECT a.id AS avatar_id, a.name, sum(h.uses)::int AS uses
+FROM avatar_usage_hours h JOIN avatars a ON a.id = h.avatar_id
+WHERE h.user_id = :user_id
+  AND h.hour >= (((now() AT TIME ZONE :tz)::date - (:days - 1))::timestamp AT TIME ZONE :tz)
+GROUP BY a.id, a.name HAVING sum(h.uses) > 0
+ORDER BY uses DESC, a.name LIMIT 5
 """)
 
 
@@ -105,8 +95,10 @@ async def analytics(session: AsyncSession, *, user_id: uuid.UUID, timeframe: str
         tz = (await session.execute(select(User.timezone).where(User.id == user_id))).scalar_one_or_none() or "UTC"
     params = {"user_id": user_id, "tz": tz, "days": TIMEFRAME_DAYS[timeframe]}
     series = [dict(r) for r in (await session.execute(_SERIES, params)).mappings()]
-    totals = {key: sum(day[key] for day in series) for key in ("credits_spent", "images", "videos", "failed")}
-    totals["credits_refunded"] = (await session.execute(_REFUNDED, params)).scalar_one()
+    totals = {key: sum(day[key] for day in series)
+              for key in ("credits_spent", "images", "videos", "failed", "credits_refunded")}
+    for day in series:
+        del day["credits_refunded"]
     top = [dict(r) for r in (await session.execute(_TOP_AVATARS, params)).mappings()]
     return {"timeframe": timeframe, "timezone": tz, "series": series, "totals": totals, "top_avatars": top}
 
@@ -143,13 +135,17 @@ def _warnings(*, verified: bool, balance: int, allowance: int, avatars: int, ava
     return warnings
 
 
-async def limits(session: AsyncSession, *, user_id: uuid.UUID, verified: bool,
-                 avatars_used: int | None = None) -> dict[str, Any]:
+async def limits(session: AsyncSession, *, user_id: uuid.UUID, verified: bool) -> dict[str, Any]:
     """Avatars used/limit, credits vs the plan's allowance, and warnings."""
     subscription, plan = await subscription_and_plan(session, user_id=user_id)
     credits = await get_credits(session, user_id=user_id)
-    if avatars_used is None:
-        avatars_used = (await counts(session, user_id=user_id))["avatars"]
+    avatars_used = (await counts(session, user_id=user_id))["avatars"]
+    return _limits(verified=verified, subscription=subscription, plan=plan, credits=credits,
+                   avatars_used=avatars_used)
+
+
+def _limits(*, verified: bool, subscription: dict[str, Any] | None, plan: dict[str, Any],
+            credits: dict[str, Any], avatars_used: int) -> dict[str, Any]:
     limit = plan["avatar_limit"]
     allowance = plan["credits_per_period"]
     return {
@@ -170,15 +166,19 @@ async def overview(session: AsyncSession, *, user_id: uuid.UUID, storage: Storag
     recent = (await session.execute(
         select(*CONTENT_COLUMNS).where(C.user_id == user_id).order_by(C.created_at.desc(), C.id.desc()).limit(5)
     )).mappings().all()
-    activity = await activity_page(session, user_id=user_id, page=1, limit=10)
+    activity = (await session.execute(
+        select(*ACTIVITY_COLUMNS).where(ActivityEvent.user_id == user_id)
+        .order_by(ActivityEvent.created_at.desc(), ActivityEvent.id.desc()).limit(10)
+    )).mappings().all()
+    credits = await get_credits(session, user_id=user_id)
     return {
         "user": user,
-        "credits": await get_credits(session, user_id=user_id),
+        "credits": credits,
         "subscription": subscription,
         "plan": plan,
         "counts": numbers,
         "recent_content": [await render(row, storage) for row in recent],
-        "recent_activity": activity["items"],
-        "limits": await limits(session, user_id=user_id, verified=user["email_verified"],
-                               avatars_used=numbers["avatars"]),
+        "recent_activity": [dict(row) for row in activity],
+        "limits": _limits(verified=user["email_verified"], subscription=subscription, plan=plan,
+                          credits=credits, avatars_used=numbers["avatars"]),
     }
