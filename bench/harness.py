@@ -76,7 +76,7 @@ async def server_process(settings: Settings, **extra: str) -> AsyncIterator[str]
     import aiohttp
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],  # noqa: ASYNC220
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)],
                             env=settings_env(settings, **extra))
     url = f"http://127.0.0.1:{port}"
     try:
