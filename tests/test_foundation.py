@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -253,3 +255,31 @@ def test_migrations_downgrade_and_upgrade_again(service_urls) -> None:
         upgrade(url)
     finally:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def test_health_goes_503_when_redis_dies_and_recovers(settings, tmp_path) -> None:
+    import time
+
+    from server.embedded import EmbeddedRedis, free_port
+
+    redis = EmbeddedRedis(tmp_path / "redis", port=free_port())
+    server = await start_app(settings.model_copy(update={"redis_url": redis.url}))
+    client = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        assert (await client.get("/health")).status == 200
+        redis.stop()
+        started = time.monotonic()
+        down = await client.get("/health")
+        assert down.status == 503 and down.body["checks"]["redis"].startswith("error")
+        assert time.monotonic() - started < 5
+        redis = EmbeddedRedis(tmp_path / "redis", port=redis.port)
+        for _ in range(50):
+            back = await client.get("/health")
+            if back.status == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert back.status == 200 and back.body["checks"]["redis"] == "ok"
+    finally:
+        await client.close()
+        await server.close()
+        redis.stop()
