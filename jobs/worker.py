@@ -23,13 +23,18 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def job_functions() -> list[Any]:
+    from jobs.avatars import AVATAR_JOB
     from jobs.email import EMAIL_JOB
 
-    return [EMAIL_JOB]
+    return [EMAIL_JOB, AVATAR_JOB]
 
 
 def cron_jobs() -> list[Any]:
-    return []
+    from arq.cron import cron
+
+    from jobs.avatars import sweep_avatars
+
+    return [cron(sweep_avatars, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True)]
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:

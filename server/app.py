@@ -19,8 +19,9 @@ def route_groups() -> list[Routes]:
     """Every REST route of the app, in one place."""
     from server import files_routes
     from server.auth.routes import routes as auth_routes
+    from server.avatars.routes import routes as avatar_routes
 
-    return [service_routes.routes, files_routes.routes, auth_routes]
+    return [service_routes.routes, files_routes.routes, auth_routes, avatar_routes]
 
 
 def create_app(settings: Settings) -> web.Application:
