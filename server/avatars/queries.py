@@ -10,7 +10,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Select, Text, cast, func, or_, select
+import orjson
+from sqlalchemy import Select, Text, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, GeneratedContent
@@ -26,14 +27,21 @@ AVATAR_COLUMNS = (
     Avatar.status, Avatar.error, Avatar.thumbnail_key, _CONTENT_COUNT.label("content_count"),
     Avatar.created_at, Avatar.updated_at,
 )
-_FIELDS = ("id", "name", "description", "age", "appearance", "personality", "style", "profile",
-           "seed", "status", "error")
+# The list reads JSONB as text and embeds it as is (orjson.Fragment): no parse, no re-encode.
+_LIST_COLUMNS = tuple(
+    cast(getattr(Avatar, c.name), Text).label(c.name) if c.name in ("appearance", "profile") else c
+    for c in AVATAR_COLUMNS
+)
+_FIELDS = ("id", "name", "description", "age", "personality", "style", "seed", "status", "error")
 
 
 async def avatar_object(row: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
     """The API.md avatar from a row of AVATAR_COLUMNS."""
     key = row["thumbnail_key"]
     avatar = {name: row[name] for name in _FIELDS}
+    for name in ("appearance", "profile"):
+        value = row[name]
+        avatar[name] = orjson.Fragment(value) if isinstance(value, str) else value
     avatar["thumbnail_url"] = await storage.signed_url(key) if key else None
     avatar["content_count"] = row["content_count"]
     avatar["created_at"] = row["created_at"]
@@ -60,6 +68,19 @@ async def avatar_row_by_id(session: AsyncSession, avatar_id: uuid.UUID) -> Mappi
     return (await session.execute(stmt)).mappings().one_or_none()
 
 
+def _page_statement(*extra: Any) -> Select:
+    # count(*) OVER () gives the total with the page in one round trip.
+    return (
+        select(*_LIST_COLUMNS, func.count().over().label("total"))
+        .where(Avatar.user_id == bindparam("user_id"), *extra)
+        .order_by(Avatar.created_at.desc(), Avatar.id.desc())
+        .offset(bindparam("offset")).limit(bindparam("limit"))
+    )
+
+
+_PAGE = _page_statement()  # built once: the list is the hottest read
+
+
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -69,17 +90,18 @@ async def avatar_page(
 ) -> tuple[list[Mapping[str, Any]], int]:
     """(rows of this page, total) newest first; search matches name or description."""
     conditions = [Avatar.user_id == user_id]
+    params = {"user_id": user_id, "offset": offset, "limit": limit}
     if search and search.strip():
         pattern = f"%{_escape_like(search.strip())}%"
         conditions.append(or_(Avatar.name.ilike(pattern, escape="\\"),
                               Avatar.description.ilike(pattern, escape="\\")))
-    # count(*) OVER () gives the total with the page in one round trip.
-    stmt = (
-        select(*AVATAR_COLUMNS, func.count().over().label("total"))
-        .where(*conditions).order_by(Avatar.created_at.desc(), Avatar.id.desc())
-        .offset(offset).limit(limit)
-    )
-    rows = list((await session.execute(stmt)).mappings())
+        stmt = _page_statement(or_(Avatar.name.ilike(bindparam("pattern"), escape="\\"),
+                                   Avatar.description.ilike(bindparam("pattern"), escape="\\")))
+        params["pattern"] = pattern
+    else:
+        stmt = _PAGE
+    connection = await session.connection()  # Core execution: no ORM compile step on the hot path
+    rows = list((await connection.execute(stmt, params)).mappings())
     if rows:
         return rows, rows[0]["total"]
     if offset == 0:
