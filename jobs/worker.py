@@ -23,16 +23,23 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def job_functions(settings: Settings) -> list[Any]:
+    from jobs.avatars import AVATAR_JOB
     from jobs.email import EMAIL_JOB
     from jobs.generation import generation_jobs
 
-    return [EMAIL_JOB, *generation_jobs(settings)]
+    return [EMAIL_JOB, AVATAR_JOB, *generation_jobs(settings)]
 
 
 def cron_jobs(settings: Settings) -> list[Any]:
+    from arq.cron import cron
+
+    from jobs.avatars import sweep_avatars
     from jobs.sweep import sweep_cron
 
-    return [sweep_cron(settings)]
+    return [
+        sweep_cron(settings),
+        cron(sweep_avatars, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True),
+    ]
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:

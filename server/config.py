@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     grok_api_key: SecretStr | None = None
     grok_base_url: str = "https://api.x.ai/v1"
     grok_chat_model: str = "grok-4-fast-non-reasoning"
-    grok_image_model: str = "grok-2-image"
+    grok_image_model: str = "grok-imagine-image"
     grok_video_model: str = "grok-imagine-video"
     grok_timeout_seconds: float = 120.0
     local_ai_delay_ms: int = 300

@@ -25,6 +25,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]  # autocommit: for routes that only read
     redis: Redis
     queue: ArqRedis
     rate_limiter: RateLimiter
@@ -50,6 +51,11 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
         stack.push_async_callback(engine.dispose)
+        # Reads run in autocommit on a pool of their own: no BEGIN/COMMIT, and the checkout ping
+        # is one round trip instead of three (BEGIN; SELECT; ROLLBACK) - see docs/benchmarks.md.
+        read_engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size,
+                                  isolation_level="AUTOCOMMIT", pre_ping=False)
+        stack.push_async_callback(read_engine.dispose)
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
@@ -67,6 +73,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine, info={"publisher": publisher}),
+            read_sessionmaker=make_sessionmaker(read_engine, info={"publisher": publisher}),
             redis=redis,
             queue=queue,
             rate_limiter=RateLimiter(redis, settings),

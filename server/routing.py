@@ -37,6 +37,7 @@ class RouteSpec:
     rate_limit: str | None = "api"  # a RateLimiter policy name, or None
     errors: tuple[int, ...] = ()
     raw_body: bool = False
+    read_only: bool = False  # the handler only reads: its session runs in autocommit (no BEGIN/COMMIT)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -109,7 +110,8 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if needs_session:
-            async with transaction(request.app[keys.resources].sessionmaker) as session:
+            res = request.app[keys.resources]
+            async with transaction(res.read_sessionmaker if spec.read_only else res.sessionmaker) as session:
                 result = await call(request, session)
         else:
             result = await call(request, None)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.worker import cron_jobs
 from server.config import Settings
 from server.embedded import EmbeddedRedis, free_port
 from tests.conftest import start_app
@@ -107,7 +108,7 @@ async def test_redis_down_during_post_never_charges_without_content(settings: Se
             await server2.close()
 
         redis = EmbeddedRedis(tmp_path / "redis", port=redis.port)  # Redis comes back, empty of that job
-        async with running_worker(shaky):
+        async with running_worker(shaky, cron_jobs=cron_jobs(shaky)):
             done = await wait_for_content(api, user, accepted.body["id"], timeout=30)
         assert done["status"] == "completed"
         assert await balance(api, user) == 20
@@ -138,7 +139,7 @@ async def test_generation_that_never_finishes_is_failed_and_refunded_by_the_swee
             queued.body["id"], settings.generation_max_attempts)
     finally:
         await conn.close()
-    async with running_worker(fast_sweep):
+    async with running_worker(fast_sweep, cron_jobs=cron_jobs(fast_sweep)):
         done = await wait_for_content(api, user, queued.body["id"], timeout=15)
     assert done["status"] == "failed" and "attempts" in done["error"]
     assert await balance(api, user) == 25

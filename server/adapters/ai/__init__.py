@@ -7,6 +7,10 @@ from server.config import Settings
 
 
 def make_ai(settings: Settings) -> AIProvider:
+    if settings.grok_api_key is not None and settings.grok_api_key.get_secret_value():
+        from server.adapters.ai.grok import GrokProvider
+
+        return GrokProvider(settings)
     from server.adapters.ai.local import LocalProvider
 
     return LocalProvider(settings)

@@ -7,6 +7,10 @@ from server.config import Settings
 
 
 def make_storage(settings: Settings) -> Storage:
+    if settings.aws_s3_bucket:
+        from server.adapters.storage.s3 import S3Storage
+
+        return S3Storage(settings)
     from server.adapters.storage.local import LocalStorage
 
     return LocalStorage(settings)

@@ -1,0 +1,1 @@
+"""Avatars: persistent AI characters with a fixed profile and a thumbnail."""

@@ -1,0 +1,106 @@
+"""Request and response models of /api/avatars."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from server.schemas import Input, Page, PageQuery
+
+AvatarStatus = Literal["creating", "ready", "failed"]
+Trait = str | int | float | bool
+
+
+def _check_appearance(value: dict[str, Trait] | None) -> dict[str, Trait] | None:
+    if value is None:
+        return value
+    if len(value) > 30:
+        raise ValueError("at most 30 appearance traits")
+    for key, trait in value.items():
+        if not key.strip() or len(key) > 50:
+            raise ValueError("trait names are 1..50 characters")
+        if isinstance(trait, str) and len(trait) > 200:
+            raise ValueError(f"trait {key!r} is longer than 200 characters")
+    return value
+
+
+class AvatarCreateIn(Input):
+    name: str = Field(min_length=1, max_length=100)
+    age: int = Field(ge=18, le=120, description="Avatars are adults: 18 or over")
+    description: str | None = Field(None, max_length=2000)
+    appearance: dict[str, Trait] | None = None
+    personality: str | None = Field(None, max_length=1000)
+    style: str | None = Field(None, max_length=500)
+
+    _appearance = field_validator("appearance")(_check_appearance)
+
+
+class AvatarUpdateIn(Input):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    age: int | None = Field(None, ge=18, le=120)
+    description: str | None = Field(None, max_length=2000)
+    appearance: dict[str, Trait] | None = None
+    personality: str | None = Field(None, max_length=1000)
+    style: str | None = Field(None, max_length=500)
+
+    _appearance = field_validator("appearance")(_check_appearance)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> AvatarUpdateIn:
+        if not self.model_fields_set:
+            raise ValueError("send at least one field to change")
+        if "name" in self.model_fields_set and self.name is None:
+            raise ValueError("name cannot be null")
+        if "age" in self.model_fields_set and self.age is None:
+            raise ValueError("age cannot be null")
+        return self
+
+
+class AvatarListQuery(PageQuery):
+    search: str | None = Field(None, max_length=100)
+
+
+class AvatarOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    age: int
+    appearance: dict[str, Any]
+    personality: str | None
+    style: str | None
+    profile: dict[str, Any] | None
+    seed: int
+    status: AvatarStatus
+    error: str | None
+    thumbnail_url: str | None
+    content_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class AvatarPage(Page[AvatarOut]):
+    pass
+
+
+class AvatarLimitOut(BaseModel):
+    used: int
+    limit: int
+    remaining: int
+    plan_id: str
+
+
+class AvatarUsage(BaseModel):
+    id: uuid.UUID
+    name: str
+    content_count: int
+
+
+class AvatarStatsOut(BaseModel):
+    total: int
+    by_status: dict[str, int]
+    content_total: int
+    most_used: list[AvatarUsage]
+    limit: AvatarLimitOut

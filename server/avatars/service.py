@@ -1,0 +1,272 @@
+"""Avatar logic: create (screened, limited, charged), update, delete, regenerate, and the
+state changes the worker makes (ready, or failed + refund)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from arq.connections import ArqRedis
+from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.models import Avatar, CreditTransaction
+from db.session import after_commit
+from server import activity, moderation
+from server.adapters.storage.base import Storage, avatar_thumbnail_key
+from server.auth.current_user import CurrentUser
+from server.avatars import queries
+from server.avatars.schemas import AvatarCreateIn, AvatarUpdateIn
+from server.billing.queries import subscription_and_plan
+from server.credits import ledger
+from server.credits.costs import cost_of
+from server.errors import AvatarLimitReached, Conflict, NotFound
+from server.realtime.events import AvatarUpdated
+from server.realtime.publisher import notify
+
+log = logging.getLogger(__name__)
+MAKE_AVATAR_JOB = "make_avatar"
+_SCREENED = ("name", "description", "appearance", "personality", "style")
+
+
+def charge_key(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
+    if regeneration_id is None:
+        return f"avatar:{avatar_id}:charge"
+    return f"avatar:{avatar_id}:thumbnail:{regeneration_id}:charge"
+
+
+def refund_key(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
+    return charge_key(avatar_id, regeneration_id).removesuffix(":charge") + ":refund"
+
+
+def job_id(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
+    return charge_key(avatar_id, regeneration_id).removesuffix(":charge") + ":job"
+
+
+async def enqueue_make(queue: ArqRedis, *, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | None = None) -> None:
+    """Queue the profile + thumbnail job (a duplicate of a queued job is dropped by arq)."""
+    await queue.enqueue_job(MAKE_AVATAR_JOB, avatar_id=str(avatar_id),
+                            regeneration_id=str(regeneration_id) if regeneration_id else None,
+                            _job_id=job_id(avatar_id, regeneration_id))
+
+
+async def avatar_limit(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:
+    """How many avatars the user has, may have (plan avatar_limit), and the plan."""
+    _, plan = await subscription_and_plan(session, user_id=user_id)
+    used = await queries.count_avatars(session, user_id=user_id)
+    limit = int(plan["avatar_limit"])
+    return {"used": used, "limit": limit, "remaining": max(0, limit - used), "plan_id": plan["id"]}
+
+
+async def _lock_avatar_slots(session: AsyncSession, user_id: uuid.UUID) -> None:
+    # Two concurrent creates of one user must not both see a free slot.
+    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                          {"k": f"avatars:{user_id}"})
+
+
+async def get_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
+                     storage: Storage) -> dict[str, Any]:
+    """One of the user's avatars; NotFound for anyone else's."""
+    row = await queries.avatar_row(session, user_id=user_id, avatar_id=avatar_id)
+    if row is None:
+        raise NotFound("Avatar not found")
+    return await queries.avatar_object(row, storage=storage)
+
+
+async def list_avatars(session: AsyncSession, *, user_id: uuid.UUID, page: int, limit: int,
+                       search: str | None, storage: Storage) -> dict[str, Any]:
+    """A page of the user's avatars, newest first."""
+    rows, total = await queries.avatar_page(session, user_id=user_id, offset=(page - 1) * limit,
+                                            limit=limit, search=search)
+    return {"items": await queries.avatar_objects(rows, storage=storage), "total": total,
+            "page": page, "limit": limit}
+
+
+async def avatar_stats(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:
+    """Counts by status, content made with avatars, the most used ones, and the limit."""
+    return {**await queries.avatar_usage(session, user_id=user_id),
+            "limit": await avatar_limit(session, user_id=user_id)}
+
+
+async def create_avatar(session: AsyncSession, *, user: CurrentUser, data: AvatarCreateIn,
+                        storage: Storage, queue: ArqRedis) -> dict[str, Any]:
+    """Insert the avatar (creating) and charge for it in one transaction; the job does the rest."""
+    user.require_verified()
+    moderation.screen(user_id=user.id, context="avatar", fields=data.model_dump(include=set(_SCREENED)))
+    await _lock_avatar_slots(session, user.id)
+    limits = await avatar_limit(session, user_id=user.id)
+    if limits["remaining"] <= 0:
+        raise AvatarLimitReached(
+            f"Your {limits['plan_id']} plan allows {limits['limit']} avatar(s); delete one or upgrade",
+            details=[{"used": limits["used"], "limit": limits["limit"], "plan_id": limits["plan_id"]}],
+        )
+    avatar_id = uuid.uuid4()
+    await session.execute(insert(Avatar).values(
+        id=avatar_id, user_id=user.id, name=data.name, age=data.age, description=data.description,
+        appearance=data.appearance or {}, personality=data.personality, style=data.style,
+        seed=secrets.randbelow(2**31), status="creating",
+    ))
+    await ledger.spend(session, user_id=user.id, amount=cost_of("avatar"), key=charge_key(avatar_id),
+                       reason=f"Avatar {data.name}", reference_id=str(avatar_id))
+    await activity.record(session, user_id=user.id, type="avatar.created",
+                          message=f"Avatar {data.name} is being created",
+                          data={"avatar_id": str(avatar_id)})
+    after_commit(session, lambda: enqueue_make(queue, avatar_id=avatar_id))
+    row = await queries.avatar_row(session, user_id=user.id, avatar_id=avatar_id)
+    return await queries.avatar_object(row, storage=storage)
+
+
+async def update_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
+                        data: AvatarUpdateIn, storage: Storage) -> dict[str, Any]:
+    """Change the avatar's details (screened); its generated profile stays fixed."""
+    changes = data.model_dump(exclude_unset=True)
+    moderation.screen(user_id=user_id, context="avatar",
+                      fields={k: v for k, v in changes.items() if k in _SCREENED})
+    if "appearance" in changes and changes["appearance"] is None:
+        changes["appearance"] = {}
+    updated = (await session.execute(
+        update(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+        .values(**changes).returning(Avatar.id)
+    )).scalar_one_or_none()
+    if updated is None:
+        raise NotFound("Avatar not found")
+    avatar = await get_avatar(session, user_id=user_id, avatar_id=avatar_id, storage=storage)
+    notify(session, user_id, AvatarUpdated(avatar=avatar))
+    return avatar
+
+
+async def delete_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
+                        storage: Storage) -> None:
+    """Delete the avatar (its content keeps avatar_id null) and, after commit, its files."""
+    row = (await session.execute(
+        select(Avatar.status, Avatar.name).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+        .with_for_update()
+    )).one_or_none()
+    if row is None:
+        raise NotFound("Avatar not found")
+    await session.execute(delete(Avatar).where(Avatar.id == avatar_id))
+    if row.status == "creating":  # never delivered: give the creation charge back
+        await ledger.refund(session, user_id=user_id, charge_key=charge_key(avatar_id),
+                            key=refund_key(avatar_id), reason=f"Avatar {row.name} deleted before it was ready")
+    await activity.record(session, user_id=user_id, type="avatar.deleted",
+                          message=f"Avatar {row.name} deleted", data={"avatar_id": str(avatar_id)})
+    key = avatar_thumbnail_key(user_id, avatar_id)
+    after_commit(session, lambda: _remove_file(storage, key))
+
+
+async def _remove_file(storage: Storage, key: str) -> None:
+    try:
+        await storage.delete(key)
+    except Exception:
+        log.exception("could not delete %s; it is orphaned", key)
+
+
+async def regenerate_thumbnail(session: AsyncSession, *, user: CurrentUser, avatar_id: uuid.UUID,
+                               storage: Storage, queue: ArqRedis,
+                               idempotency_key: str | None = None) -> dict[str, Any]:
+    """Charge for a new thumbnail of a ready avatar and queue it."""
+    user.require_verified()
+    row = (await session.execute(
+        select(Avatar.status, Avatar.name).where(Avatar.id == avatar_id, Avatar.user_id == user.id)
+        .with_for_update()
+    )).one_or_none()
+    if row is None:
+        raise NotFound("Avatar not found")
+    if row.status != "ready":
+        raise Conflict(f"Only a ready avatar gets a new thumbnail; this one is {row.status}")
+    regeneration_id = (uuid.uuid5(avatar_id, f"{user.id}:{idempotency_key}") if idempotency_key
+                       else uuid.uuid4())
+    charge = await ledger.spend(session, user_id=user.id, amount=cost_of("avatar_thumbnail"),
+                                key=charge_key(avatar_id, regeneration_id),
+                                reason=f"New thumbnail for {row.name}", reference_id=str(avatar_id))
+    if charge.created:
+        after_commit(session, lambda: enqueue_make(queue, avatar_id=avatar_id, regeneration_id=regeneration_id))
+    return await get_avatar(session, user_id=user.id, avatar_id=avatar_id, storage=storage)
+
+
+# --- state changes made by the worker -------------------------------------------------------
+
+async def save_profile(session: AsyncSession, *, avatar_id: uuid.UUID, profile: dict[str, Any]) -> dict[str, Any] | None:
+    """Keep the first profile made for this avatar (a rerun reuses it); None if it is gone."""
+    await session.execute(update(Avatar).where(Avatar.id == avatar_id, Avatar.profile.is_(None))
+                          .values(profile=profile))
+    return (await session.execute(select(Avatar.profile).where(Avatar.id == avatar_id))).scalar_one_or_none()
+
+
+async def _publish(session: AsyncSession, *, row: Mapping[str, Any], storage: Storage) -> dict[str, Any]:
+    avatar = await queries.avatar_object(row, storage=storage)
+    notify(session, row["user_id"], AvatarUpdated(avatar=avatar))
+    return avatar
+
+
+async def mark_ready(session: AsyncSession, *, avatar_id: uuid.UUID, thumbnail_key: str,
+                     regeneration_id: uuid.UUID | None, storage: Storage) -> str:
+    """Record the stored thumbnail; 'updated', 'settled' (a rerun) or 'gone' (deleted)."""
+    stmt = update(Avatar).where(Avatar.id == avatar_id)
+    if regeneration_id is None:
+        stmt = stmt.where(Avatar.status == "creating").values(status="ready", error=None,
+                                                              thumbnail_key=thumbnail_key)
+    else:
+        stmt = stmt.where(Avatar.status == "ready").values(thumbnail_key=thumbnail_key)
+    hit = (await session.execute(stmt.returning(Avatar.id))).scalar_one_or_none()
+    row = await queries.avatar_row_by_id(session, avatar_id)
+    if row is None:
+        return "gone"
+    if hit is None:
+        return "settled"
+    avatar = await _publish(session, row=row, storage=storage)
+    message = f"Avatar {avatar['name']} is ready" if regeneration_id is None else f"New thumbnail for {avatar['name']}"
+    await activity.record(session, user_id=row["user_id"],
+                          type="avatar.ready" if regeneration_id is None else "avatar.thumbnail_updated",
+                          message=message, data={"avatar_id": str(avatar_id)})
+    return "updated"
+
+
+async def mark_failed(session: AsyncSession, *, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | None,
+                      error: str, storage: Storage) -> bool:
+    """Fail the creation (or drop the regeneration) and refund its charge once; True if refunded now."""
+    error = error[:1000]
+    owner = (await session.execute(
+        select(CreditTransaction.user_id).where(CreditTransaction.idempotency_key == charge_key(avatar_id, regeneration_id))
+    )).scalar_one_or_none()
+    if owner is None:
+        return False
+    if regeneration_id is None:
+        hit = (await session.execute(
+            update(Avatar).where(Avatar.id == avatar_id, Avatar.status == "creating")
+            .values(status="failed", error=error).returning(Avatar.id)
+        )).scalar_one_or_none()
+        if hit is None:
+            return False  # already ready, failed, or deleted (deletion refunds by itself)
+    refund = await ledger.refund(session, user_id=owner, charge_key=charge_key(avatar_id, regeneration_id),
+                                 key=refund_key(avatar_id, regeneration_id),
+                                 reason="Avatar creation failed" if regeneration_id is None else "Thumbnail failed")
+    row = await queries.avatar_row_by_id(session, avatar_id)
+    if row is not None:
+        avatar = await _publish(session, row=row, storage=storage)
+        await activity.record(
+            session, user_id=owner, type="avatar.failed" if regeneration_id is None else "avatar.thumbnail_failed",
+            message=(f"Avatar {avatar['name']} could not be created" if regeneration_id is None
+                     else f"New thumbnail for {avatar['name']} failed") + "; credits refunded",
+            data={"avatar_id": str(avatar_id), "error": error},
+        )
+    return refund is not None and refund.created
+
+
+async def regeneration_refunded(session: AsyncSession, *, avatar_id: uuid.UUID, regeneration_id: uuid.UUID) -> bool:
+    found = await session.execute(select(CreditTransaction.id).where(
+        CreditTransaction.idempotency_key == refund_key(avatar_id, regeneration_id)))
+    return found.first() is not None
+
+
+async def stuck_avatars(session: AsyncSession, *, older_than_seconds: int) -> list[uuid.UUID]:
+    """Avatars still creating long after they were asked for (their job may be lost)."""
+    rows = await session.execute(
+        select(Avatar.id).where(Avatar.status == "creating",
+                                Avatar.updated_at < text(f"now() - interval '{int(older_than_seconds)} seconds'"))
+        .order_by(Avatar.updated_at).limit(100)
+    )
+    return list(rows.scalars())

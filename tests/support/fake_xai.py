@@ -1,0 +1,225 @@
+"""A fake xAI API on loopback: checks each request's fields and answers in xAI's documented shapes.
+
+Tests script failures per route (`fail(...)`), video outcomes (`video_outcome`), and
+read back every request it saw (`requests`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import uuid
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from PIL import Image, ImageDraw
+
+from server.media import to_jpeg, write_mp4
+
+BODY = web.RequestKey("body", object)
+ASPECT_RATIOS = {"1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "auto"}
+
+
+def _invalid(message: str, status: int = 400) -> web.Response:
+    # xAI answers errors as {"code": "...", "error": "<human message>"}.
+    return web.json_response({"code": "Client specified an invalid argument", "error": message}, status=status)
+
+
+def sample_jpeg(color: tuple[int, int, int] = (200, 120, 90), size: tuple[int, int] = (256, 256)) -> bytes:
+    image = Image.new("RGB", size, color)
+    ImageDraw.Draw(image).ellipse([64, 48, 192, 208], fill=(240, 200, 170))
+    return to_jpeg(image)
+
+
+def sample_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeXai:
+    api_key: str = field(default_factory=lambda: f"xai-{uuid.uuid4().hex}")
+    image_mode: str = "b64_data_uri"  # b64 | b64_data_uri | url | png_url
+    video_polls_before_done: int = 1
+    video_outcome: str = "done"  # done | failed | expired | withheld
+    delay_seconds: float = 0.0
+    requests: list[Seen] = field(default_factory=list)
+    _failures: dict[str, deque[tuple[int, Any, dict[str, str]]]] = field(default_factory=lambda: defaultdict(deque))
+    _videos: dict[str, int] = field(default_factory=dict)
+    server: TestServer | None = None
+
+    # -- scripting -----------------------------------------------------------------------
+    def fail(self, route: str, status: int, *, times: int = 1, error: str = "boom",
+             headers: dict[str, str] | None = None) -> None:
+        """Answer the next `times` calls of route (e.g. 'POST /v1/images/generations') with an error."""
+        for _ in range(times):
+            self._failures[route].append((status, {"code": "error", "error": error}, headers or {}))
+
+    def calls(self, route: str) -> list[Seen]:
+        method, path = route.split(" ", 1)
+        return [r for r in self.requests if r.method == method and r.path.startswith(path)]
+
+    @property
+    def base_url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/v1")).rstrip("/")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> FakeXai:
+        app = web.Application(middlewares=[self._record])
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/videos/generations", self._start_video)
+        app.router.add_get("/v1/videos/{request_id}", self._poll_video)
+        app.router.add_get("/media/{name}", self._media)
+        self.server = TestServer(app, host="127.0.0.1")
+        await self.server.start_server()
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else None
+        self.requests.append(Seen(request.method, request.path, dict(request.headers), body))
+        request[BODY] = body
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        if request.path.startswith("/v1/"):
+            if request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return _invalid(f"Incorrect API key provided: {self.api_key[:2]}***. You can obtain an API key from the console.")
+        elif "Authorization" in request.headers:
+            return _invalid("media URLs take no credentials", status=403)
+        route = f"{request.method} {request.path if not request.path.startswith('/v1/videos/') or request.method == 'POST' else '/v1/videos/'}"
+        queue = self._failures.get(route)
+        if queue:
+            status, payload, headers = queue.popleft()
+            return web.json_response(payload, status=status, headers=headers)
+        return await handler(request)
+
+    # -- endpoints ---------------------------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.Response:
+        body = request[BODY] or {}
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return _invalid("model is required", 422)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            return _invalid("messages must be a non-empty list of {role, content}", 422)
+        user_text = messages[-1]["content"]
+        fmt = body.get("response_format")
+        if fmt is not None:
+            if fmt.get("type") != "json_schema" or not isinstance(fmt.get("json_schema"), dict) \
+                    or not isinstance(fmt["json_schema"].get("schema"), dict) or not fmt["json_schema"].get("name"):
+                return _invalid("response_format must be {type: json_schema, json_schema: {name, schema}}")
+            spec = orjson.loads(user_text.split("\n", 1)[1])
+            content = orjson.dumps({
+                "identity": f"{spec['name']}, a {spec['age']}-year-old adult with copper hair and green eyes",
+                "physical_traits": {"hair": "copper", "eyes": "green", "build": "athletic", "skin": "fair",
+                                    "face": "oval", "distinguishing_features": "freckles"},
+                "style": spec.get("style") or "casual chic",
+                "personality": spec.get("personality") or "warm and witty",
+                "backstory": spec.get("description") or "A traveller.",
+            }).decode()
+        else:
+            content = f"Enhanced: {user_text.splitlines()[-1].removeprefix('Request: ')}, golden hour light"
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+        })
+
+    async def _images(self, request: web.Request) -> web.Response:
+        body = request[BODY] or {}
+        if not body.get("model") or not isinstance(body.get("prompt"), str) or not body["prompt"]:
+            return _invalid("model and prompt are required", 422)
+        if body.get("response_format", "url") not in ("url", "b64_json"):
+            return _invalid("response_format must be url or b64_json")
+        if body.get("aspect_ratio", "1:1") not in ASPECT_RATIOS:
+            return _invalid(f"Invalid aspect_ratio: {body.get('aspect_ratio')}")
+        if body.get("resolution", "1k") not in ("1k", "2k"):
+            return _invalid("resolution must be 1k or 2k")
+        if "size" in body or "quality" in body or "seed" in body:
+            return _invalid("Argument not supported: size/quality/seed")
+        if not 1 <= int(body.get("n", 1)) <= 10:
+            return _invalid("n must be between 1 and 10")
+        item: dict[str, Any] = {"revised_prompt": f"revised: {body['prompt'][:100]}"}
+        if self.image_mode in ("url", "png_url") or body.get("response_format", "url") == "url":
+            name = "image.png" if self.image_mode == "png_url" else "image.jpg"
+            item["url"] = str(self.server.make_url(f"/media/{name}"))
+        else:
+            encoded = base64.b64encode(sample_jpeg()).decode()
+            item["b64_json"] = ("data:image/jpeg;base64," + encoded) if self.image_mode == "b64_data_uri" else encoded
+        item["mime_type"] = "image/jpeg"
+        return web.json_response({"data": [item]})
+
+    async def _start_video(self, request: web.Request) -> web.Response:
+        body = request[BODY] or {}
+        if not body.get("prompt"):
+            return _invalid("prompt is required", 422)
+        if body.get("model") != "grok-imagine-video" and not str(body.get("model", "")).startswith("grok-imagine-video"):
+            return _invalid(f"Model {body.get('model')!r} does not support video generation")
+        duration = body.get("duration", 8)
+        if not isinstance(duration, int) or not 1 <= duration <= 15:
+            return _invalid("duration must be an integer in [1, 15]")
+        if body.get("resolution", "480p") not in ("480p", "720p"):
+            return _invalid("resolution must be 480p or 720p")
+        if body.get("aspect_ratio", "16:9") not in ASPECT_RATIOS - {"auto", "2:1", "1:2"}:
+            return _invalid("invalid aspect_ratio")
+        image = body.get("image")
+        if image is not None and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
+            return _invalid("image must be {url}")
+        request_id = str(uuid.uuid4())
+        self._videos[request_id] = 0
+        return web.json_response({"request_id": request_id})
+
+    async def _poll_video(self, request: web.Request) -> web.Response:
+        request_id = request.match_info["request_id"]
+        if request_id not in self._videos:
+            return web.json_response({"code": "Some requested entity was not found",
+                                      "error": f"No video request {request_id}"}, status=404)
+        self._videos[request_id] += 1
+        if self._videos[request_id] <= self.video_polls_before_done:
+            return web.json_response({"status": "pending"})
+        if self.video_outcome == "failed":
+            return web.json_response({"status": "failed", "video": {"duration": 0, "respect_moderation": True},
+                                      "model": "", "error": {"code": "internal_error",
+                                                             "message": "Video generation failed: out of capacity"}})
+        if self.video_outcome == "expired":
+            return web.json_response({"status": "expired"})
+        if self.video_outcome == "withheld":
+            return web.json_response({"status": "done", "model": "grok-imagine-video",
+                                      "video": {"duration": 2, "respect_moderation": False}})
+        return web.json_response({"status": "done", "model": "grok-imagine-video", "video": {
+            "url": str(self.server.make_url("/media/video.mp4")), "duration": 2, "respect_moderation": True}})
+
+    async def _media(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name == "image.jpg":
+            return web.Response(body=sample_jpeg(), content_type="image/jpeg")
+        if name == "image.png":
+            return web.Response(body=sample_png(), content_type="image/png")
+        if name == "video.mp4":
+            frames = [Image.new("RGB", (64, 48), (i * 20, 50, 100)) for i in range(6)]
+            return web.Response(body=write_mp4(frames, size=(64, 48), fps=6), content_type="video/mp4")
+        raise web.HTTPNotFound()

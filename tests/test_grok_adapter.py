@@ -1,0 +1,174 @@
+"""The grok adapter against a fake xAI server on loopback, over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+from PIL import Image
+from pydantic import SecretStr
+
+from server.adapters.ai import make_ai
+from server.adapters.ai.base import AvatarSpec, ProviderError
+from server.adapters.ai.grok import GrokProvider
+from tests.support.fake_xai import FakeXai
+
+
+@pytest.fixture
+async def xai():
+    fake = await FakeXai().start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+def grok_settings(settings, xai):
+    return settings.model_copy(update={"grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url,
+                                       "grok_timeout_seconds": 5.0})
+
+
+@pytest.fixture
+async def grok(grok_settings):
+    provider = GrokProvider(grok_settings, backoff_seconds=0.01)
+    yield provider
+    await provider.aclose()
+
+
+async def test_factory_picks_grok_only_with_a_key(settings, grok_settings) -> None:
+    from server.adapters.ai.local import LocalProvider
+
+    assert isinstance(make_ai(settings), LocalProvider)
+    chosen = make_ai(grok_settings)
+    assert isinstance(chosen, GrokProvider)
+    assert grok_settings.grok_api_key.get_secret_value() not in repr(chosen)
+    await chosen.aclose()
+
+
+async def test_profile_is_structured_json_from_chat_completions(grok, xai) -> None:
+    profile = await grok.character_profile(AvatarSpec(name="Mara", age=27, seed=3, style="gothic"))
+    assert profile["identity"].startswith("Mara, a 27-year-old adult")
+    assert profile["physical_traits"]["hair"] == "copper" and profile["style"] == "gothic"
+    (call,) = xai.calls("POST /v1/chat/completions")
+    assert call.headers["Authorization"] == f"Bearer {xai.api_key}"
+    assert call.body["model"] == "grok-4-fast-non-reasoning"
+    fmt = call.body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "avatar_profile"
+    assert fmt["json_schema"]["schema"]["required"] == ["identity", "physical_traits", "style", "personality", "backstory"]
+    assert call.body["messages"][0]["role"] == "system" and "adult" in call.body["messages"][0]["content"]
+
+
+async def test_prompt_enhancement_puts_the_identity_first(grok, xai) -> None:
+    text = await grok.enhance_prompt(prompt="reading in a cafe", kind="image",
+                                     profile={"identity": "Mara, a 27-year-old adult"})
+    assert text == "Enhanced: reading in a cafe, golden hour light"
+    (call,) = xai.calls("POST /v1/chat/completions")
+    assert "response_format" not in call.body
+    assert call.body["messages"][1]["content"].startswith("Character identity: Mara, a 27-year-old adult")
+
+
+@pytest.mark.parametrize("mode", ["b64_data_uri", "b64", "url", "png_url"])
+async def test_images_arrive_as_jpeg_bytes_whatever_the_answer_shape(grok, xai, mode) -> None:
+    xai.image_mode = mode
+    image = await grok.generate_image(prompt="a portrait", seed=1, aspect_ratio="16:9", quality="premium")
+    assert Image.open(io.BytesIO(image.data)).format == "JPEG"
+    assert image.revised_prompt == "revised: a portrait"
+    (call,) = xai.calls("POST /v1/images/generations")
+    assert call.body == {"model": "grok-imagine-image", "prompt": "a portrait", "n": 1,
+                         "response_format": "b64_json", "aspect_ratio": "16:9", "resolution": "2k"}
+    downloads = xai.calls("GET /media/")
+    assert len(downloads) == (1 if mode.endswith("url") else 0)
+    assert all("Authorization" not in d.headers for d in downloads)  # the key never leaves for media hosts
+
+
+async def test_429_then_success_is_retried_after_retry_after(grok, xai) -> None:
+    xai.fail("POST /v1/images/generations", 429, error="Rate limit exceeded", headers={"Retry-After": "0"})
+    image = await grok.generate_image(prompt="x", seed=1)
+    assert image.data[:3] == b"\xff\xd8\xff"
+    assert len(xai.calls("POST /v1/images/generations")) == 2
+
+
+async def test_5xx_twice_then_success(grok, xai) -> None:
+    xai.fail("POST /v1/chat/completions", 503, times=2, error="overloaded")
+    assert (await grok.enhance_prompt(prompt="hi", kind="video", profile=None)).startswith("Enhanced: hi")
+    assert len(xai.calls("POST /v1/chat/completions")) == 3
+
+
+async def test_retries_are_bounded_and_stay_transient(grok, xai) -> None:
+    xai.fail("POST /v1/images/generations", 500, times=10, error="internal")
+    with pytest.raises(ProviderError) as caught:
+        await grok.generate_image(prompt="x", seed=1)
+    assert caught.value.transient and caught.value.status == 500
+    assert len(xai.calls("POST /v1/images/generations")) == grok.max_attempts
+
+
+async def test_permanent_400_is_not_retried_and_keeps_the_provider_message(grok, xai) -> None:
+    xai.fail("POST /v1/images/generations", 400, error="Generated image rejected by content moderation.")
+    with pytest.raises(ProviderError) as caught:
+        await grok.generate_image(prompt="x", seed=1)
+    assert not caught.value.transient and caught.value.status == 400
+    assert "Generated image rejected by content moderation." in caught.value.message
+    assert len(xai.calls("POST /v1/images/generations")) == 1
+
+
+async def test_bad_key_is_permanent_and_never_logged(grok_settings, xai, caplog) -> None:
+    wrong = grok_settings.model_copy(update={"grok_api_key": SecretStr("xai-wrong-key-0123456789")})
+    provider = GrokProvider(wrong, backoff_seconds=0.01)
+    caplog.set_level(logging.DEBUG)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await provider.character_profile(AvatarSpec(name="A", age=30, seed=1))
+    finally:
+        await provider.aclose()
+    assert not caught.value.transient and "Incorrect API key" in caught.value.message
+    assert "xai-wrong-key-0123456789" not in caplog.text and xai.api_key not in caplog.text
+
+
+async def test_timeouts_are_transient_and_retried(grok_settings, xai) -> None:
+    xai.delay_seconds = 0.5
+    provider = GrokProvider(grok_settings.model_copy(update={"grok_timeout_seconds": 0.1}),
+                            max_attempts=2, backoff_seconds=0.01)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await provider.enhance_prompt(prompt="x", kind="image", profile=None)
+    finally:
+        await provider.aclose()
+    assert caught.value.transient and "Timeout" in caught.value.message
+    assert len(xai.calls("POST /v1/chat/completions")) == 2
+
+
+async def test_video_is_polled_until_done_and_downloaded(grok, xai) -> None:
+    xai.video_polls_before_done = 2
+    request_id = await grok.start_video(prompt="waves", seed=1, duration_seconds=20, aspect_ratio="9:16",
+                                        image_data=b"\xff\xd8\xffjpeg", quality="hd")
+    (start,) = xai.calls("POST /v1/videos/generations")
+    assert start.body["model"] == "grok-imagine-video" and start.body["duration"] == 15
+    assert start.body["resolution"] == "720p" and start.body["aspect_ratio"] == "9:16"
+    assert start.body["image"]["url"].startswith("data:image/jpeg;base64,")
+    states = [await grok.poll_video(request_id) for _ in range(3)]
+    assert [s.state for s in states] == ["pending", "pending", "done"]
+    assert states[-1].data[4:8] == b"ftyp"
+
+
+@pytest.mark.parametrize(("outcome", "state", "error"), [
+    ("failed", "failed", "Video generation failed: out of capacity"),
+    ("expired", "expired", "expired"),
+    ("withheld", "failed", "moderation"),
+])
+async def test_video_failures_come_back_as_states(grok, xai, outcome, state, error) -> None:
+    xai.video_polls_before_done = 0
+    xai.video_outcome = outcome
+    request_id = await grok.start_video(prompt="waves", seed=1, duration_seconds=3, image_url="https://img/x.jpg")
+    assert xai.calls("POST /v1/videos/generations")[0].body["image"] == {"url": "https://img/x.jpg"}
+    status = await grok.poll_video(request_id)
+    assert status.state == state and error in status.error and status.data is None
+
+
+async def test_video_poll_5xx_is_retried_and_unknown_ids_are_permanent(grok, xai) -> None:
+    xai.video_polls_before_done = 0
+    request_id = await grok.start_video(prompt="waves", seed=1, duration_seconds=3)
+    xai.fail("GET /v1/videos/", 502, error="bad gateway")
+    assert (await grok.poll_video(request_id)).state == "done"
+    with pytest.raises(ProviderError) as caught:
+        await grok.poll_video("no-such-request")
+    assert caught.value.status == 404 and not caught.value.transient
