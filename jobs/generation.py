@@ -202,9 +202,6 @@ class GenerationRun:
             ).mappings().one_or_none()
             if row is None:
                 return False
-            if row["avatar_id"] is not None:
-                await session.execute(update(Avatar).where(Avatar.id == row["avatar_id"])
-                                      .values(content_count=Avatar.content_count + 1))
             content = await render(row, self.res.storage)
             kind = row["type"].capitalize()
             await activity.record(session, user_id=row["user_id"], type="content.completed",

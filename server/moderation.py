@@ -92,8 +92,10 @@ class ContentPolicy:
         lowered = "".join(ch for ch in unicodedata.normalize("NFKD", lowered) if not unicodedata.combining(ch))
         plain = _NON_WORD.sub(" ", lowered).strip()
         joined = _INNER_PUNCT.sub("", lowered)  # l.o.l.i -> loli, under-age -> underage
+        # l o l i -> loli; before spaces collapse, so "n u d e  p i c s" stays two words
+        joined = _SINGLES.sub(lambda m: m.group(0).replace(" ", ""), joined)
         joined = re.sub(r"[^a-z0-9@$!|+€£]+", " ", joined)
-        joined = _SINGLES.sub(lambda m: m.group(0).replace(" ", ""), joined)  # l o l i -> loli
+        joined = _SINGLES.sub(lambda m: m.group(0).replace(" ", ""), joined)
         readings = [plain]
         for table in (self.leet, self.leet_alt):
             # Only words with a letter are read as leetspeak, so "17" stays a number.

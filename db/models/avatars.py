@@ -28,7 +28,6 @@ class Avatar(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="creating")
     error: Mapped[str | None] = mapped_column(Text)
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
-    content_count: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
 

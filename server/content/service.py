@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.models import Avatar
 from db.models import GeneratedContent as C
 from db.session import after_commit
-from server import activity
+from server import activity, moderation
 from server.adapters.storage import Storage
 from server.auth.current_user import CurrentUser
 from server.content.queries import COLUMNS, UNFINISHED, render
@@ -70,6 +70,7 @@ async def create_generation(
 ) -> dict[str, Any]:
     """Insert the content (queued) and charge for it in this transaction; the job follows commit."""
     user.require_verified()
+    moderation.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
     kind = "video" if isinstance(request, GenerateVideoIn) else "image"
     if request.avatar_id is not None:
         await _own_ready_avatar(session, user_id=user.id, avatar_id=request.avatar_id)
@@ -186,11 +187,6 @@ async def delete_content(
     if row["status"] in UNFINISHED:
         await cancel(session, user_id=user_id, content_id=content_id, storage=storage)
     await session.execute(delete(C).where(C.id == content_id))
-    if row["status"] == "completed" and row["avatar_id"] is not None:
-        await session.execute(
-            update(Avatar).where(Avatar.id == row["avatar_id"], Avatar.content_count > 0)
-            .values(content_count=Avatar.content_count - 1)
-        )
     await activity.record(session, user_id=user_id, type="content.deleted",
                           message=f"{row['type'].capitalize()} deleted", data={"content_id": str(content_id)})
     keys = [k for k in (row["storage_key"], row["thumbnail_key"]) if k]
