@@ -77,7 +77,11 @@ async def test_image_story_progress_completion_file_and_one_charge(api: Api, wor
     stats = await api.get("/api/content/stats", token=user.access_token)
     assert stats.body["total"] == 1 and stats.body["by_type"]["image"] == 1
     assert stats.body["by_status"]["completed"] == 1 and stats.body["credits_spent"] == 8
-    metrics = await api.get("/metrics")
+    for _ in range(50):  # the job counts its outcome just after the row is final
+        metrics = await api.get("/metrics")
+        if 'generation_jobs_total{kind="image",outcome="completed"} 1' in metrics.body:
+            break
+        await asyncio.sleep(0.05)
     assert 'generation_jobs_total{kind="image",outcome="completed"} 1' in metrics.body
 
 

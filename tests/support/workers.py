@@ -24,5 +24,6 @@ async def running_worker(settings: Settings, **overrides: Any) -> AsyncIterator[
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        with contextlib.suppress(Exception):
+        # close() cancels jobs still running and gathers them: their CancelledError ends here.
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await worker.close()
