@@ -18,8 +18,10 @@ from server.routing import Routes, install
 def route_groups() -> list[Routes]:
     """Every REST route of the app, in one place."""
     from server.auth.routes import routes as auth_routes
+    from server.billing.routes import routes as billing_routes
+    from server.credits.routes import routes as credits_routes
 
-    return [service_routes.routes, auth_routes]
+    return [service_routes.routes, auth_routes, credits_routes, billing_routes]
 
 
 def create_app(settings: Settings) -> web.Application:

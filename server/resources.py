@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.session import make_engine, make_sessionmaker
+from server.adapters.billing import BillingGateway, make_billing
 from server.adapters.email import Mailer, make_mailer
 from server.config import Settings
 from server.ratelimit import RateLimiter
@@ -28,6 +29,7 @@ class Resources:
     rate_limiter: RateLimiter
     publisher: Publisher
     mailer: Mailer
+    billing: BillingGateway
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -55,6 +57,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         )
         stack.push_async_callback(_close_emitter, emitter)
         publisher = Publisher(redis, emitter, settings, metrics)
+        billing = make_billing(settings)
+        stack.push_async_callback(billing.close)
         yield Resources(
             settings=settings,
             engine=engine,
@@ -64,6 +68,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             rate_limiter=RateLimiter(redis, settings),
             publisher=publisher,
             mailer=make_mailer(settings),
+            billing=billing,
         )
 
 
