@@ -29,7 +29,9 @@ def job_functions() -> list[Any]:
 
 
 def cron_jobs() -> list[Any]:
-    return []
+    from jobs.billing import BILLING_CRON
+
+    return [BILLING_CRON]
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:

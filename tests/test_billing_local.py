@@ -134,3 +134,40 @@ async def test_another_users_subscription_is_not_found(api: Api) -> None:
     mine = await api.get("/api/subscriptions", token=owner.access_token)
     assert mine.body["subscription"]["plan_id"] == "starter"
     assert mine.body["subscription"]["cancel_at_period_end"] is False
+
+
+async def test_local_periods_renew_with_credits_and_end_when_canceled(api: Api, settings, database_url) -> None:
+    from jobs.billing import roll_over_billing_periods
+    from server.resources import open_resources
+
+    user = await api.register()
+    token = user.access_token
+    sub = (await api.post("/api/subscriptions", json={"plan_id": "starter"}, token=token)).body["subscription"]
+    conn = await asyncpg.connect(_asyncpg_dsn(database_url))
+    try:
+        ended = await conn.fetchval(
+            "UPDATE user_subscriptions SET current_period_start = now() - interval '31 days', "
+            "current_period_end = now() - interval '1 day' WHERE id = $1 RETURNING current_period_end",
+            uuid.UUID(sub["id"]))
+        async with open_resources(settings) as res:
+            assert await roll_over_billing_periods({"res": res}) >= 1
+            renewed = (await api.get("/api/subscriptions", token=token)).body["subscription"]
+            assert renewed["status"] == "active"
+            assert renewed["current_period_start"] == ended.isoformat().replace("+00:00", "Z")
+            assert (await _credits(api, token))["balance"] == 225  # 25 + two Starter invoices
+            await roll_over_billing_periods({"res": res})  # not due again: no second renewal
+            assert (await _credits(api, token))["balance"] == 225
+
+            await api.post(f"/api/subscriptions/{sub['id']}/cancel", token=token)
+            await conn.execute("UPDATE user_subscriptions SET current_period_end = now() - interval '1 minute' "
+                               "WHERE id = $1", uuid.UUID(sub["id"]))
+            await roll_over_billing_periods({"res": res})
+    finally:
+        await conn.close()
+    current = await api.get("/api/subscriptions", token=token)
+    assert current.body["subscription"] is None and current.body["plan"]["id"] == "free"
+    assert (await _credits(api, token))["balance"] == 225  # ending grants nothing and takes nothing
+    history = (await api.get("/api/subscriptions/history", token=token)).body["items"]
+    assert [(h["status"], h["cancel_at_period_end"]) for h in history] == [("canceled", True)]
+    again = await api.post("/api/subscriptions", json={"plan_id": "pro"}, token=token)
+    assert again.status == 201 and again.body["subscription"]["status"] == "active"

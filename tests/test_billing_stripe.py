@@ -422,3 +422,22 @@ async def test_unknown_and_foreign_events_are_acknowledged_and_ignored(sapi: Api
     assert recorded == "ignored: unknown customer"
     payload = orjson.loads(await db.fetchval("SELECT payload::text FROM stripe_events WHERE id = $1", event["id"]))
     assert payload["type"] == "charge.dispute.created"
+
+
+async def test_checkout_session_links_the_customer_once(sapi: Api, stripe: FakeStripe, db) -> None:
+    alice, bob = await sapi.register(), await sapi.register()
+    customer = f"cus_checkout_{uuid.uuid4().hex[:8]}"
+
+    def completed(user: User) -> dict:
+        return stripe.event("checkout.session.completed", {
+            "id": f"cs_{uuid.uuid4().hex[:8]}", "object": "checkout.session", "mode": "subscription",
+            "status": "complete", "payment_status": "paid", "client_reference_id": user.id,
+            "customer": customer, "subscription": f"sub_{uuid.uuid4().hex[:8]}", "metadata": {}})
+
+    assert (await stripe.deliver(completed(alice)))[1]["result"] == "customer linked"
+    assert (await stripe.deliver(completed(alice)))[1]["result"] == "customer already known"
+    assert (await stripe.deliver(completed(bob)))[1]["result"] == "customer already known"  # taken
+    stored = {r["id"]: r["stripe_customer_id"] for r in await db.fetch(
+        "SELECT id, stripe_customer_id FROM users WHERE id = ANY($1::uuid[])",
+        [uuid.UUID(alice.id), uuid.UUID(bob.id)])}
+    assert stored == {uuid.UUID(alice.id): customer, uuid.UUID(bob.id): None}

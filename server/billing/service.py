@@ -4,12 +4,13 @@ and recorded through the same sync path the webhooks use."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import User
+from db.models import User, UserSubscription
 from server.adapters.billing.base import BillingError, BillingGateway, CreditPack, SubscriptionState
 from server.billing import sync
 from server.billing.queries import ENTITLED_STATUSES, billing_plan, subscription_and_plan
@@ -190,3 +191,34 @@ async def buy_pack(
         "currency": pack.currency, "pack_id": pack.id,
         "status": "succeeded" if payment.succeeded else "requires_payment",
     }
+
+
+async def due_subscriptions(
+    session: AsyncSession, *, now: datetime, limit: int = 200,
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """(subscription id, user id) of running subscriptions whose period has run out."""
+    rows = await session.execute(
+        select(UserSubscription.id, UserSubscription.user_id).where(
+            UserSubscription.status.in_(ENTITLED_STATUSES),
+            UserSubscription.current_period_end <= now,
+        ).order_by(UserSubscription.current_period_end).limit(limit))
+    return [(r.id, r.user_id) for r in rows]
+
+
+async def roll_over(
+    session: AsyncSession, *, subscription_id: uuid.UUID, user_id: uuid.UUID,
+    billing: BillingGateway, now: datetime,
+) -> bool:
+    """Renew or end one subscription whose period ran out, if the provider leaves that to us."""
+    await sync.lock_billing(session, user_id)
+    row = await sync.subscription_row(session, id=subscription_id, lock=True)
+    if (row is None or row["status"] not in ENTITLED_STATUSES or row["current_period_end"] is None
+            or row["current_period_end"] > now):
+        return False  # someone else moved it meanwhile
+    outcome = await _provider(billing.period_ended(subscription=row))
+    if outcome is None:
+        return False
+    await _record(session, user_id=user_id, state=outcome.state)
+    if outcome.paid_invoice is not None:
+        await sync.record_invoice_paid(session, invoice=outcome.paid_invoice)
+    return True

@@ -96,14 +96,15 @@ async def resolve_user(
     return None
 
 
-async def link_customer(session: AsyncSession, *, user_id: uuid.UUID, customer_id: str | None) -> None:
+async def link_customer(session: AsyncSession, *, user_id: uuid.UUID, customer_id: str | None) -> bool:
     """Remember the user's provider customer if we have none yet (self-heals a lost write)."""
     if not customer_id:
-        return
+        return False
     taken = select(User.id).where(User.stripe_customer_id == customer_id).exists()
-    await session.execute(update(User).where(
+    linked = await session.execute(update(User).where(
         User.id == user_id, User.stripe_customer_id.is_(None), ~taken,
     ).values(stripe_customer_id=customer_id))
+    return linked.rowcount == 1
 
 
 async def _plan_of(session: AsyncSession, state: SubscriptionState, fallback: str | None) -> dict | None:

@@ -87,8 +87,8 @@ async def _checkout_completed(session: AsyncSession, event: Mapping, obj: Mappin
     if user_id is None:
         return "ignored: unknown user"
     # The subscription itself arrives as customer.subscription.* events.
-    await sync.link_customer(session, user_id=user_id, customer_id=ref(obj.get("customer")))
-    return "customer linked"
+    linked = await sync.link_customer(session, user_id=user_id, customer_id=ref(obj.get("customer")))
+    return "customer linked" if linked else "customer already known"
 
 
 HANDLERS: dict[str, Handler] = {

@@ -8,6 +8,7 @@ from server.adapters.billing.base import (
     CreditPack,
     InvoiceFact,
     PackPayment,
+    PeriodEnd,
     StartedSubscription,
     SubscriptionState,
 )
@@ -26,5 +27,5 @@ def make_billing(settings: Settings) -> BillingGateway:
 
 __all__ = [
     "BillingError", "BillingGateway", "CreditPack", "InvoiceFact", "PackPayment",
-    "StartedSubscription", "SubscriptionState", "make_billing",
+    "PeriodEnd", "StartedSubscription", "SubscriptionState", "make_billing",
 ]

@@ -59,6 +59,12 @@ class StartedSubscription:
 
 
 @dataclass(frozen=True)
+class PeriodEnd:
+    state: SubscriptionState  # renewed into the next period, or ended
+    paid_invoice: InvoiceFact | None = None  # the next period's invoice, when it is paid
+
+
+@dataclass(frozen=True)
 class PackPayment:
     payment_id: str
     amount_cents: int
@@ -99,5 +105,8 @@ class BillingGateway(Protocol):
     async def start_pack_payment(
         self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack
     ) -> PackPayment: ...
+
+    async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:
+        """What happens when a period runs out; None when the provider reports it itself."""
 
     async def close(self) -> None: ...

@@ -1,4 +1,5 @@
-"""Local billing (no STRIPE_SECRET_KEY): everything is paid and takes effect at once.
+"""Local billing (no STRIPE_SECRET_KEY): everything is paid and takes effect at once, and
+periods roll over when the worker's sweep finds them ended (renewed and paid, or ended).
 
 It reports the same facts Stripe's webhooks would (an active subscription, a paid
 first invoice, a succeeded payment), so `lustify dev` runs the real internal paths.
@@ -16,6 +17,7 @@ from server.adapters.billing.base import (
     CreditPack,
     InvoiceFact,
     PackPayment,
+    PeriodEnd,
     StartedSubscription,
     SubscriptionState,
 )
@@ -91,6 +93,19 @@ class LocalBilling:
             credits=pack.credits, pack_id=pack.id, user_id=user_id, client_secret=None,
             succeeded=True,
         )
+
+    async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:
+        state = _state_of(subscription)
+        end = subscription["current_period_end"]
+        if subscription["cancel_at_period_end"]:
+            return PeriodEnd(replace(state, status="canceled", ended_at=end))
+        renewed = replace(state, status="active", current_period_start=end,
+                          current_period_end=one_month_after(end))
+        invoice = InvoiceFact(
+            invoice_id=f"local_in_{uuid.uuid4().hex}", subscription_id=state.provider_id,
+            billing_reason="subscription_cycle", user_id=state.user_id, plan_id=state.plan_id,
+        )
+        return PeriodEnd(renewed, invoice)
 
     async def close(self) -> None:
         return None

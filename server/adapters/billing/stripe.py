@@ -18,6 +18,7 @@ from server.adapters.billing.base import (
     BillingError,
     CreditPack,
     PackPayment,
+    PeriodEnd,
     StartedSubscription,
     SubscriptionState,
 )
@@ -146,6 +147,9 @@ class StripeBilling:
         if payment is None:
             raise BillingError("Stripe returned a payment intent without our metadata", transient=False)
         return payment
+
+    async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:
+        return None  # Stripe renews or ends it and says so through webhooks
 
     async def close(self) -> None:
         await self._http.close_async()
