@@ -249,7 +249,6 @@ class FakeStripe:
                 "quantity": 1}]},
             "livemode": False,
         }
-        intent["invoice"] = invoice["id"]
         self.invoices[invoice["id"]] = invoice
         sub["latest_invoice"] = invoice["id"]
         return invoice
