@@ -6,7 +6,13 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import pytest
+from pydantic import ValidationError
 
+from jobs.billing import roll_over_billing_periods
+from server.billing.service import credit_packs
+from server.config import Settings
+from server.resources import open_resources
 from tests.conftest import _asyncpg_dsn
 from tests.support.api import Api
 
@@ -137,9 +143,6 @@ async def test_another_users_subscription_is_not_found(api: Api) -> None:
 
 
 async def test_local_periods_renew_with_credits_and_end_when_canceled(api: Api, settings, database_url) -> None:
-    from jobs.billing import roll_over_billing_periods
-    from server.resources import open_resources
-
     user = await api.register()
     token = user.access_token
     sub = (await api.post("/api/subscriptions", json={"plan_id": "starter"}, token=token)).body["subscription"]
@@ -171,3 +174,18 @@ async def test_local_periods_renew_with_credits_and_end_when_canceled(api: Api, 
     assert [(h["status"], h["cancel_at_period_end"]) for h in history] == [("canceled", True)]
     again = await api.post("/api/subscriptions", json={"plan_id": "pro"}, token=token)
     assert again.status == 201 and again.body["subscription"]["status"] == "active"
+
+
+async def test_webhooks_are_refused_without_a_webhook_secret(api: Api) -> None:
+    body = b'{"id": "evt_1", "type": "invoice.paid", "created": 1, "data": {"object": {}}}'
+    reply = await api.post("/api/subscriptions/webhook", data=body,
+                           headers={"Stripe-Signature": "t=1,v1=abc", "Content-Type": "application/json"})
+    assert (reply.status, reply.body["error"]) == (400, "invalid_signature")
+
+
+def test_credit_packs_setting_is_validated() -> None:
+    packs = credit_packs(Settings(_env_file=None, credit_packs="small:50:499, big:1000:8999"))
+    assert [(p.id, p.credits, p.price_cents) for p in packs] == [("small", 50, 499), ("big", 1000, 8999)]
+    for bad in ("nope", "a:10", "a:0:999", "a:10:10", "a:10:999,a:20:1999", "a:x:999"):
+        with pytest.raises(ValidationError, match="credit pack"):
+            Settings(_env_file=None, credit_packs=bad)
