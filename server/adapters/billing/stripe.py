@@ -7,6 +7,7 @@ points the SDK at a Stripe-compatible server (the suite's fake Stripe).
 from __future__ import annotations
 
 import logging
+import ssl
 import uuid
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -46,9 +47,14 @@ class StripeBilling:
     def __init__(self, settings: Settings) -> None:
         if settings.stripe_secret_key is None:
             raise ValueError("StripeBilling needs STRIPE_SECRET_KEY")
-        self._http = stripe.AIOHTTPClient(
-            timeout=aiohttp.ClientTimeout(total=settings.stripe_timeout_seconds)
+        timeout = aiohttp.ClientTimeout(total=settings.stripe_timeout_seconds)
+        # Our own session (built inside open_resources' loop): the CA bundle is read at start,
+        # not on the loop during the first payment, and closing never opens a session.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path)),
+            timeout=timeout,
         )
+        self._http = stripe.AIOHTTPClient(session=self._session, timeout=timeout)
         base = {"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else None
         self.client = stripe.StripeClient(
             settings.stripe_secret_key.get_secret_value(),
@@ -152,4 +158,4 @@ class StripeBilling:
         return None  # Stripe renews or ends it and says so through webhooks
 
     async def close(self) -> None:
-        await self._http.close_async()
+        await self._session.close()
