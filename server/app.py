@@ -20,11 +20,13 @@ def route_groups() -> list[Routes]:
     from server import files_routes
     from server.auth.routes import routes as auth_routes
     from server.avatars.routes import routes as avatar_routes
+    from server.billing.routes import routes as billing_routes
     from server.content.routes import routes as content_routes
+    from server.credits.routes import routes as credits_routes
     from server.dashboard.routes import routes as dashboard_routes
 
-    return [service_routes.routes, files_routes.routes, auth_routes, avatar_routes, content_routes,
-            dashboard_routes]
+    return [service_routes.routes, files_routes.routes, auth_routes, credits_routes, billing_routes,
+            avatar_routes, content_routes, dashboard_routes]
 
 
 def create_app(settings: Settings) -> web.Application:

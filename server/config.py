@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     stripe_price_pro: str = "price_pro"
     stripe_price_enterprise: str = "price_enterprise"
     stripe_webhook_tolerance_seconds: int = 300
+    stripe_timeout_seconds: float = 30.0
+    # One-off credit packs sold through payment intents: "id:credits:price_cents", comma-separated.
+    credit_packs: CommaList = Field(
+        default_factory=lambda: ["credits_100:100:999", "credits_500:500:3999",
+                                 "credits_1200:1200:7999"]
+    )
 
     aws_access_key_id: SecretStr | None = None
     aws_secret_access_key: SecretStr | None = None
@@ -100,11 +106,24 @@ class Settings(BaseSettings):
     sweep_interval_seconds: int = Field(10, ge=1, le=60)
     queued_grace_seconds: int = 30  # queued this long without an arq job -> re-enqueued
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "credit_packs", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("credit_packs")
+    @classmethod
+    def _valid_packs(cls, value: list[str]) -> list[str]:
+        seen = set()
+        for item in value:
+            parts = item.split(":")
+            if (len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit()
+                    or int(parts[1]) <= 0 or int(parts[2]) < 50 or parts[0] in seen):
+                raise ValueError(f"credit pack {item!r} must be a unique 'id:credits:price_cents' "
+                                 "with credits > 0 and a price of at least 50 cents")
+            seen.add(parts[0])
         return value
 
     @field_validator("trusted_proxies")

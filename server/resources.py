@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from db.session import make_engine, make_sessionmaker
 from server.adapters.ai import AIProvider, make_ai
+from server.adapters.billing import BillingGateway, make_billing
 from server.adapters.email import Mailer, make_mailer
 from server.adapters.storage import Storage, make_storage
 from server.config import Settings
@@ -33,6 +34,7 @@ class Resources:
     mailer: Mailer
     ai: AIProvider
     storage: Storage
+    billing: BillingGateway
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -69,6 +71,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         stack.push_async_callback(ai.aclose)
         storage = make_storage(settings)
         stack.push_async_callback(storage.aclose)
+        billing = make_billing(settings)
+        stack.push_async_callback(billing.close)
         yield Resources(
             settings=settings,
             engine=engine,
@@ -81,6 +85,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             mailer=make_mailer(settings),
             ai=ai,
             storage=storage,
+            billing=billing,
         )
 
 

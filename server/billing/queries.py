@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import SubscriptionPlan, UserSubscription
@@ -65,3 +65,31 @@ async def subscription_and_plan(
     if plan is None:
         raise RuntimeError(f"plan {plan_id!r} missing: run `lustify seed`")
     return subscription, plan
+
+
+async def billing_plan(
+    session: AsyncSession, *, plan_id: str | None = None, price_id: str | None = None
+) -> dict[str, Any] | None:
+    """A plan with its Stripe price id, found by id or by price."""
+    if plan_id is None and price_id is None:
+        return None
+    where = SubscriptionPlan.id == plan_id if plan_id is not None else SubscriptionPlan.stripe_price_id == price_id
+    row = (await session.execute(
+        select(*PLAN_COLUMNS, SubscriptionPlan.stripe_price_id, SubscriptionPlan.is_active).where(where)
+    )).mappings().first()
+    return dict(row) if row else None
+
+
+async def subscription_history(
+    session: AsyncSession, *, user_id: uuid.UUID, page: int, limit: int
+) -> dict[str, Any]:
+    """Every subscription the user has had, newest first, one page of it."""
+    where = UserSubscription.user_id == user_id
+    total = (await session.execute(
+        select(func.count()).select_from(UserSubscription).where(where))).scalar_one()
+    rows = await session.execute(
+        select(*SUBSCRIPTION_COLUMNS, UserSubscription.ended_at).where(where)
+        .order_by(UserSubscription.created_at.desc(), UserSubscription.id.desc())
+        .limit(limit).offset((page - 1) * limit)
+    )
+    return {"items": [dict(r) for r in rows.mappings()], "total": total, "page": page, "limit": limit}

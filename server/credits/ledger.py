@@ -1,9 +1,10 @@
 """The credits ledger: grant, spend, refund. Each is idempotent by key and safe under concurrency.
 
-Every movement takes the user's balance row lock first, so all movements of one user
-are serialised and the idempotency check that follows sees every committed row. Then
-one statement inserts the ledger row and moves the cached balance together; the
-CHECK (balance >= 0) and the UNIQUE idempotency key are the last line of defence.
+A movement is one statement: it locks the user's balance row (so one user's movements
+are serialised), inserts the ledger row unless its key (or, for a refund, its charge)
+is already taken, moves the cached balance and lifetime totals by exactly that row,
+and adds the activity row. The CHECK (balance >= 0), the UNIQUE idempotency key and
+the UNIQUE refund_of are the database's own guarantees behind it.
 """
 
 from __future__ import annotations
@@ -15,40 +16,69 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server import activity
-from server.errors import InsufficientCredits, ValidationFailed
-from server.realtime.events import CreditsUpdated
+from server.errors import Conflict, InsufficientCredits, ValidationFailed
+from server.realtime.events import ActivityPosted, CreditsUpdated
 from server.realtime.publisher import notify
 
 _COLUMNS = "id, user_id, amount, balance_after, type, reason, reference_id, idempotency_key, refund_of, created_at"
 
-_LOCK = text("SELECT balance FROM user_credits WHERE user_id = :user_id FOR UPDATE")
 _OPEN_ACCOUNT = text("INSERT INTO user_credits (user_id) VALUES (:user_id) ON CONFLICT DO NOTHING")
-_EXISTING = text(f"SELECT {_COLUMNS} FROM credit_transactions WHERE idempotency_key = :key")
-_MOVE = text(f"""
-WITH moved AS (
-    UPDATE user_credits SET
-        balance = balance + CAST(:amount AS integer),
-        lifetime_granted = lifetime_granted + CAST(:granted AS integer),
-        lifetime_spent = GREATEST(lifetime_spent + CAST(:spent AS integer), 0),
-        updated_at = now()
-    WHERE user_id = :user_id AND balance + CAST(:amount AS integer) >= 0
-    RETURNING balance
-)
-INSERT INTO credit_transactions
-    (user_id, amount, balance_after, type, reason, reference_id, idempotency_key, refund_of)
-SELECT CAST(:user_id AS uuid), CAST(:amount AS integer), balance, CAST(:type AS varchar),
-       CAST(:reason AS text), CAST(:reference_id AS varchar), CAST(:key AS varchar),
-       CAST(:refund_of AS uuid)
-FROM moved
-RETURNING {_COLUMNS}
-""")
+_BY_KEY = text(f"SELECT {_COLUMNS} FROM credit_transactions WHERE idempotency_key = :key")
 _FIND_CHARGE = text(f"""
 SELECT {_COLUMNS} FROM credit_transactions
 WHERE idempotency_key = :charge_key AND user_id = :user_id AND type = 'spend'
 """)
 _FIND_REFUND = text(f"SELECT {_COLUMNS} FROM credit_transactions WHERE refund_of = :charge_id")
 
+# FOR UPDATE returns the newest committed balance even after waiting for another
+# movement, so balance_after is computed from it; a key taken meanwhile is caught by
+# ON CONFLICT (which sees committed rows the statement's snapshot does not), and then
+# nothing is inserted, so nothing moves. The activity row rides along to keep the
+# row lock held for a single round trip (the shape matches server.activity.record).
+_MOVE = text(f"""
+WITH locked AS (
+    SELECT balance FROM user_credits WHERE user_id = :user_id FOR UPDATE
+),
+ins AS (
+    INSERT INTO credit_transactions
+        (user_id, amount, balance_after, type, reason, reference_id, idempotency_key,
+         refund_of, created_at)
+    SELECT CAST(:user_id AS uuid), CAST(:amount AS integer),
+           locked.balance + CAST(:amount AS integer), CAST(:type AS varchar),
+           CAST(:reason AS text), CAST(:reference_id AS varchar), CAST(:key AS varchar),
+           CAST(:refund_of AS uuid), clock_timestamp()
+    FROM locked
+    WHERE locked.balance + CAST(:amount AS integer) >= 0
+    ON CONFLICT DO NOTHING
+    RETURNING {_COLUMNS}
+),
+moved AS (
+    UPDATE user_credits SET
+        balance = user_credits.balance + ins.amount,
+        lifetime_granted = user_credits.lifetime_granted + CAST(:granted AS integer),
+        lifetime_spent = GREATEST(user_credits.lifetime_spent + CAST(:spent AS integer), 0),
+        updated_at = now()
+    FROM ins
+    WHERE user_credits.user_id = ins.user_id
+    RETURNING user_credits.balance
+),
+feed AS (
+    INSERT INTO activity_events (user_id, type, message, data)
+    SELECT ins.user_id, CAST(:activity_type AS varchar), CAST(:activity_message AS text),
+           jsonb_build_object('transaction_id', ins.id, 'amount', ins.amount,
+                              'balance', ins.balance_after, 'reference_id', ins.reference_id)
+    FROM ins
+    RETURNING id, type, message, data, created_at
+)
+SELECT locked.balance AS locked_balance, (SELECT balance FROM moved) AS moved_balance,
+       ins.id, ins.user_id, ins.amount, ins.balance_after, ins.type, ins.reason,
+       ins.reference_id, ins.idempotency_key, ins.refund_of, ins.created_at,
+       feed.id AS activity_id, feed.type AS activity_type, feed.message AS activity_message,
+       feed.data AS activity_data, feed.created_at AS activity_created_at
+FROM locked LEFT JOIN ins ON true LEFT JOIN feed ON true
+""")
+
+GRANT_TYPES = ("grant", "purchase", "bonus")
 ACTIVITY = {
     "grant": ("credits.granted", "{amount} credits added"),
     "purchase": ("credits.purchased", "{amount} credits purchased"),
@@ -75,52 +105,62 @@ class LedgerEntry:
 
 
 def _entry(row, *, created: bool) -> LedgerEntry:
-    return LedgerEntry(**dict(row._mapping), created=created)
+    m = row._mapping
+    return LedgerEntry(
+        id=m["id"], user_id=m["user_id"], amount=m["amount"], balance_after=m["balance_after"],
+        type=m["type"], reason=m["reason"], reference_id=m["reference_id"],
+        idempotency_key=m["idempotency_key"], refund_of=m["refund_of"],
+        created_at=m["created_at"], created=created,
+    )
 
 
-async def _lock_balance(session: AsyncSession, user_id: uuid.UUID) -> int:
-    balance = (await session.execute(_LOCK, {"user_id": user_id})).scalar_one_or_none()
-    if balance is None:
-        await session.execute(_OPEN_ACCOUNT, {"user_id": user_id})
-        balance = (await session.execute(_LOCK, {"user_id": user_id})).scalar_one()
-    return balance
-
-
-async def _existing(session: AsyncSession, key: str) -> LedgerEntry | None:
-    row = (await session.execute(_EXISTING, {"key": key})).one_or_none()
-    return _entry(row, created=False) if row else None
+async def _by_key(
+    session: AsyncSession, *, key: str, user_id: uuid.UUID, types: tuple[str, ...]
+) -> LedgerEntry | None:
+    """The movement already made under `key`; a key used for another user or kind is a bug."""
+    row = (await session.execute(_BY_KEY, {"key": key})).one_or_none()
+    if row is None:
+        return None
+    if row.user_id != user_id or row.type not in types:
+        raise Conflict(f"idempotency key {key!r} already belongs to another movement")
+    return _entry(row, created=False)
 
 
 async def _move(
     session: AsyncSession, *, user_id: uuid.UUID, amount: int, type: str, key: str,
     reason: str | None, reference_id: str | None, refund_of: uuid.UUID | None = None,
-    balance: int,
-) -> LedgerEntry:
+) -> LedgerEntry | int:
+    """The new entry, or (when nothing was inserted) the balance seen under the lock."""
+    activity_type, message = ACTIVITY[type]
     params = {
         "user_id": user_id, "amount": amount, "type": type, "key": key, "reason": reason,
         "reference_id": reference_id, "refund_of": refund_of,
-        "granted": amount if type in ("grant", "purchase", "bonus") else 0,
+        "granted": amount if type in GRANT_TYPES else 0,
         "spent": -amount if type in ("spend", "refund") else 0,
+        "activity_type": activity_type,
+        "activity_message": message.format(amount=abs(amount)) + (f": {reason}" if reason else ""),
     }
     row = (await session.execute(_MOVE, params)).one_or_none()
-    if row is None:
-        raise InsufficientCredits(required=-amount, balance=balance)
+    if row is None:  # no balance row yet: open the account, then move
+        await session.execute(_OPEN_ACCOUNT, {"user_id": user_id})
+        row = (await session.execute(_MOVE, params)).one()
+    if row.id is None:
+        return row.locked_balance
     entry = _entry(row, created=True)
+    if row.moved_balance != entry.balance_after:  # cannot happen while the row lock holds
+        raise RuntimeError(f"ledger moved to {row.moved_balance}, row says {entry.balance_after}")
     notify(session, user_id, CreditsUpdated(
         balance=entry.balance_after, delta=entry.amount, reason=reason, transaction_id=entry.id,
     ))
-    activity_type, message = ACTIVITY[type]
-    await activity.record(
-        session, user_id=user_id, type=activity_type,
-        message=message.format(amount=abs(amount)) + (f": {reason}" if reason else ""),
-        data={"transaction_id": str(entry.id), "amount": amount, "balance": entry.balance_after,
-              "reference_id": reference_id},
-    )
+    notify(session, user_id, ActivityPosted(activity={
+        "id": row.activity_id, "type": row.activity_type, "message": row.activity_message,
+        "data": row.activity_data, "created_at": row.activity_created_at,
+    }))
     return entry
 
 
 def _positive(amount: int) -> None:
-    if not isinstance(amount, int) or amount <= 0:
+    if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise ValidationFailed("amount must be a positive integer",
                                details=[{"field": "amount", "message": "must be > 0"}])
 
@@ -131,14 +171,16 @@ async def grant(
 ) -> LedgerEntry:
     """Add credits once per key (type grant, purchase or bonus)."""
     _positive(amount)
-    if type not in ("grant", "purchase", "bonus"):
+    if type not in GRANT_TYPES:
         raise ValueError(f"not a granting type: {type}")
-    balance = await _lock_balance(session, user_id)
-    existing = await _existing(session, key)
-    if existing is not None:
-        return existing
-    return await _move(session, user_id=user_id, amount=amount, type=type, key=key,
-                       reason=reason, reference_id=reference_id, balance=balance)
+    moved = await _move(session, user_id=user_id, amount=amount, type=type, key=key,
+                        reason=reason, reference_id=reference_id)
+    if isinstance(moved, LedgerEntry):
+        return moved
+    existing = await _by_key(session, key=key, user_id=user_id, types=(type,))
+    if existing is None:
+        raise RuntimeError(f"grant {key!r} neither applied nor found")
+    return existing
 
 
 async def spend(
@@ -147,12 +189,14 @@ async def spend(
 ) -> LedgerEntry:
     """Take credits once per key; InsufficientCredits (402) if the balance is short."""
     _positive(amount)
-    balance = await _lock_balance(session, user_id)
-    existing = await _existing(session, key)
-    if existing is not None:
-        return existing
-    return await _move(session, user_id=user_id, amount=-amount, type="spend", key=key,
-                       reason=reason, reference_id=reference_id, balance=balance)
+    moved = await _move(session, user_id=user_id, amount=-amount, type="spend", key=key,
+                        reason=reason, reference_id=reference_id)
+    if isinstance(moved, LedgerEntry):
+        return moved
+    existing = await _by_key(session, key=key, user_id=user_id, types=("spend",))
+    if existing is None:
+        raise InsufficientCredits(required=amount, balance=moved)
+    return existing
 
 
 async def refund(
@@ -160,16 +204,17 @@ async def refund(
     reason: str | None = None,
 ) -> LedgerEntry | None:
     """Give back exactly what the charge took, at most once; None if there was no charge."""
-    balance = await _lock_balance(session, user_id)
-    existing = await _existing(session, key)
-    if existing is not None:
-        return existing
+    if key == charge_key:
+        raise ValueError("a refund needs a key of its own")
     charge = (await session.execute(_FIND_CHARGE, {"charge_key": charge_key, "user_id": user_id})).one_or_none()
     if charge is None:
-        return None
-    earlier = (await session.execute(_FIND_REFUND, {"charge_id": charge.id})).one_or_none()
-    if earlier is not None:
-        return _entry(earlier, created=False)
-    return await _move(session, user_id=user_id, amount=-charge.amount, type="refund", key=key,
-                       reason=reason, reference_id=charge.reference_id, refund_of=charge.id,
-                       balance=balance)
+        return await _by_key(session, key=key, user_id=user_id, types=("refund",))
+    moved = await _move(session, user_id=user_id, amount=-charge.amount, type="refund", key=key,
+                        reason=reason, reference_id=charge.reference_id, refund_of=charge.id)
+    if isinstance(moved, LedgerEntry):
+        return moved
+    existing = await _by_key(session, key=key, user_id=user_id, types=("refund",))
+    if existing is not None:
+        return existing
+    earlier = (await session.execute(_FIND_REFUND, {"charge_id": charge.id})).one()
+    return _entry(earlier, created=False)

@@ -1,0 +1,105 @@
+"""HTTP routes of /api/subscriptions, including the Stripe webhook."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server import keys
+from server.auth.current_user import CurrentUser
+from server.billing import queries, service, webhooks
+from server.billing.schemas import (
+    CreatedOut,
+    CurrentOut,
+    PackChoiceIn,
+    PackList,
+    PaymentIntentOut,
+    PlanChoiceIn,
+    PlanList,
+    SubscriptionPage,
+    WebhookOut,
+)
+from server.routing import Routes
+from server.schemas import PageQuery
+
+routes = Routes(tags=("subscriptions",))
+
+
+@routes.get("/api/subscriptions/plans", response=PlanList, auth=False)
+async def list_plans(session: AsyncSession) -> dict:
+    """The plans on offer (public)."""
+    return {"items": await queries.list_plans(session)}
+
+
+@routes.get("/api/subscriptions/packs", response=PackList, auth=False)
+async def list_packs(request: web.Request) -> dict:
+    """The one-off credit packs on sale (public)."""
+    settings = request.app[keys.resources].settings
+    return {"items": [service.pack_out(p) for p in service.credit_packs(settings)]}
+
+
+@routes.get("/api/subscriptions", response=CurrentOut)
+async def get_subscription(session: AsyncSession, user: CurrentUser) -> dict:
+    """The caller's live subscription (or null) and the plan in force."""
+    return await service.current(session, user_id=user.id)
+
+
+@routes.post("/api/subscriptions", body=PlanChoiceIn, response=CreatedOut, status=201,
+             errors=(409, 503))
+async def subscribe(request: web.Request, session: AsyncSession, user: CurrentUser,
+                    body: PlanChoiceIn) -> dict:
+    """Subscribe to a paid plan; confirm the first payment with client_secret when given."""
+    billing = request.app[keys.resources].billing
+    return await service.subscribe(session, user_id=user.id, plan_id=body.plan_id, billing=billing)
+
+
+@routes.get("/api/subscriptions/history", query=PageQuery, response=SubscriptionPage)
+async def history(session: AsyncSession, user: CurrentUser, query: PageQuery) -> dict:
+    """Every subscription the caller has had, newest first."""
+    return await queries.subscription_history(session, user_id=user.id, page=query.page,
+                                              limit=query.limit)
+
+
+@routes.post("/api/subscriptions/payment-intent", body=PackChoiceIn, response=PaymentIntentOut,
+             status=201, errors=(503,))
+async def payment_intent(request: web.Request, session: AsyncSession, user: CurrentUser,
+                         body: PackChoiceIn) -> dict:
+    """Buy a credit pack; credits are added when the payment succeeds."""
+    res = request.app[keys.resources]
+    return await service.buy_pack(session, user_id=user.id, pack_id=body.pack_id,
+                                  billing=res.billing, settings=res.settings)
+
+
+@routes.put("/api/subscriptions/{id}", body=PlanChoiceIn, response=CurrentOut,
+            errors=(404, 409, 503))
+async def change_plan(request: web.Request, session: AsyncSession, user: CurrentUser,
+                      body: PlanChoiceIn) -> dict:
+    """Switch to another paid plan (prorated)."""
+    return await service.change_plan(
+        session, user_id=user.id, subscription_id=request.match_info["id"], plan_id=body.plan_id,
+        billing=request.app[keys.resources].billing)
+
+
+@routes.post("/api/subscriptions/{id}/cancel", response=CurrentOut, errors=(404, 409, 503))
+async def cancel(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+    """Cancel at the end of the paid period."""
+    return await service.cancel(session, user_id=user.id, subscription_id=request.match_info["id"],
+                                billing=request.app[keys.resources].billing)
+
+
+@routes.post("/api/subscriptions/{id}/reactivate", response=CurrentOut, errors=(404, 409, 503))
+async def reactivate(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+    """Keep a subscription that was set to cancel at period end."""
+    return await service.reactivate(session, user_id=user.id,
+                                    subscription_id=request.match_info["id"],
+                                    billing=request.app[keys.resources].billing)
+
+
+@routes.post("/api/subscriptions/webhook", response=WebhookOut, auth=False, rate_limit=None,
+             raw_body=True)
+async def stripe_webhook(request: web.Request, session: AsyncSession) -> dict:
+    """Stripe events (Stripe-Signature required); each event id is applied once."""
+    payload = await request.read()
+    return await webhooks.receive(session, payload=payload,
+                                  signature=request.headers.get("Stripe-Signature"),
+                                  settings=request.app[keys.resources].settings)
