@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import asyncpg
 import socketio
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from db.reader import open_reader
 from db.session import make_engine, make_sessionmaker
 from server.adapters.ai import AIProvider, make_ai
 from server.adapters.billing import BillingGateway, make_billing
@@ -26,7 +28,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    read_sessionmaker: async_sessionmaker[AsyncSession]  # autocommit: for routes that only read
+    reader: asyncpg.Pool  # hot reads: Core statements run raw (db/reader.py)
     redis: Redis
     queue: ArqRedis
     rate_limiter: RateLimiter
@@ -53,11 +55,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size)
         stack.push_async_callback(engine.dispose)
-        # Reads run in autocommit on a pool of their own: no BEGIN/COMMIT, and the checkout ping
-        # is one round trip instead of three (BEGIN; SELECT; ROLLBACK) - see docs/benchmarks.md.
-        read_engine = make_engine(settings.sqlalchemy_url, pool_size=settings.db_pool_size,
-                                  isolation_level="AUTOCOMMIT", pre_ping=False)
-        stack.push_async_callback(read_engine.dispose)
+        reader = await open_reader(settings.sqlalchemy_url, size=settings.db_pool_size)
+        stack.push_async_callback(reader.close)
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
@@ -77,7 +76,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine, info={"publisher": publisher}),
-            read_sessionmaker=make_sessionmaker(read_engine, info={"publisher": publisher}),
+            reader=reader,
             redis=redis,
             queue=queue,
             rate_limiter=RateLimiter(redis, settings),

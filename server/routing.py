@@ -2,7 +2,8 @@
 
 A handler names what it needs and the wrapper provides it: `body` (parsed with the
 declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
-around the handler, committed before the response is written).
+around the handler, committed before the response is written), `reader` (a connection
+of the raw read pool, for hot reads with db/reader.py queries).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 
 from db.session import transaction
 from server import keys
+from server.auth.current_user import authenticate
 from server.json_io import json_response, parse, read_json
 
 Handler = Callable[..., Awaitable[Any]]
@@ -37,7 +39,6 @@ class RouteSpec:
     rate_limit: str | None = "api"  # a RateLimiter policy name, or None
     errors: tuple[int, ...] = ()
     raw_body: bool = False
-    read_only: bool = False  # the handler only reads: its session runs in autocommit (no BEGIN/COMMIT)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,36 +84,37 @@ def _route_name(spec: RouteSpec) -> str:
 
 def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     wants = set(inspect.signature(spec.handler).parameters)
-    needs_session = "session" in wants or spec.auth
+    needs_reader = spec.auth or "reader" in wants
 
-    async def call(request: web.Request, session: Any) -> Any:
+    async def call(request: web.Request, reader: Any) -> Any:
+        res = request.app[keys.resources]
         kwargs: dict[str, Any] = {}
-        limiter = request.app[keys.resources].rate_limiter
         user = None
         if spec.auth:
-            from server.auth.current_user import authenticate
-
-            user = await authenticate(request, session)
+            user = await authenticate(request, reader)
             request[keys.user_id] = user.id
         if spec.rate_limit:
-            await limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
+            await res.rate_limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
         if "request" in wants:
             kwargs["request"] = request
         if "user" in wants:
             kwargs["user"] = user
-        if "session" in wants:
-            kwargs["session"] = session
+        if "reader" in wants:
+            kwargs["reader"] = reader
         if spec.query is not None:
             kwargs["query"] = parse(spec.query, dict(request.query))
         if spec.body is not None:
             kwargs["body"] = parse(spec.body, await read_json(request))
-        return await spec.handler(**kwargs)
+        if "session" not in wants:
+            return await spec.handler(**kwargs)
+        # The transaction opens only now, after auth, limits and parsing: it stays short.
+        async with transaction(res.sessionmaker) as session:
+            return await spec.handler(session=session, **kwargs)
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if needs_session:
-            res = request.app[keys.resources]
-            async with transaction(res.read_sessionmaker if spec.read_only else res.sessionmaker) as session:
-                result = await call(request, session)
+        if needs_reader:
+            async with request.app[keys.resources].reader.acquire() as reader:
+                result = await call(request, reader)
         else:
             result = await call(request, None)
         if isinstance(result, web.StreamResponse):

@@ -6,11 +6,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
 from aiohttp import web
 from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import User
+from db.reader import Query
 from server import keys
 from server.auth.tokens import decode_access_token
 from server.errors import EmailNotVerified, TokenRevoked, Unauthorized
@@ -32,20 +33,20 @@ class CurrentUser:
 
 _COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.token_version,
             User.created_at, User.is_active)
-# Every authenticated request runs this: built once, executed as Core (no ORM compile step).
-_BY_ID = select(*_COLUMNS).where(User.id == bindparam("user_id"))
+# Every authenticated request and socket runs this, on the raw read pool.
+_BY_ID = Query(select(*_COLUMNS).where(User.id == bindparam("user_id")))
 
 
-async def user_from_token(session: AsyncSession, token: str, *, secret: str) -> CurrentUser:
+async def user_from_token(reader: asyncpg.Connection, token: str, *, secret: str) -> CurrentUser:
+    """The user behind an access token, if it is valid and not revoked."""
     claims = decode_access_token(token, secret=secret)
-    connection = await session.connection()
-    row = (await connection.execute(_BY_ID, {"user_id": claims.user_id})).one_or_none()
-    if row is None or not row.is_active:
+    row = await _BY_ID.fetchrow(reader, user_id=claims.user_id)
+    if row is None or not row["is_active"]:
         raise Unauthorized("The access token is invalid")
-    if row.token_version != claims.token_version:
+    if row["token_version"] != claims.token_version:
         raise TokenRevoked("This session has been signed out; sign in again")
-    return CurrentUser(row.id, row.email, row.display_name, row.email_verified, row.token_version,
-                       row.created_at)
+    return CurrentUser(row["id"], row["email"], row["display_name"], row["email_verified"],
+                       row["token_version"], row["created_at"])
 
 
 def bearer_token(request: web.Request) -> str:
@@ -56,6 +57,6 @@ def bearer_token(request: web.Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: web.Request, session: AsyncSession) -> CurrentUser:
+async def authenticate(request: web.Request, reader: asyncpg.Connection) -> CurrentUser:
     secret = request.app[keys.settings].jwt_secret.get_secret_value()
-    return await user_from_token(session, bearer_token(request), secret=secret)
+    return await user_from_token(reader, bearer_token(request), secret=secret)

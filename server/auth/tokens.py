@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import time
@@ -14,12 +15,14 @@ from server.errors import TokenExpired, Unauthorized
 
 ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["sub", "exp", "iat", "typ", "ver"]
+LEEWAY = 5
 
 
 @dataclass(frozen=True)
 class AccessClaims:
     user_id: uuid.UUID
     token_version: int
+    expires_at: int
 
 
 def issue_access_token(*, user_id: uuid.UUID, token_version: int, secret: str, ttl: int) -> str:
@@ -32,9 +35,20 @@ def issue_access_token(*, user_id: uuid.UUID, token_version: int, secret: str, t
 
 
 def decode_access_token(token: str, *, secret: str) -> AccessClaims:
+    """Verified claims; a token seen recently skips the signature check but not the expiry."""
+    claims = _verified(token, secret)
+    if claims.expires_at + LEEWAY < time.time():
+        raise TokenExpired("The access token has expired; refresh it")
+    return claims
+
+
+@functools.lru_cache(maxsize=8192)
+def _verified(token: str, secret: str) -> AccessClaims:
+    # Only successes are cached (lru_cache does not keep exceptions); revocation is checked
+    # against the database on every request by the caller, so caching cannot resurrect a token.
     try:
         claims = jwt.decode(
-            token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}, leeway=5
+            token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}, leeway=LEEWAY
         )
     except jwt.ExpiredSignatureError as exc:
         raise TokenExpired("The access token has expired; refresh it") from exc
@@ -46,7 +60,7 @@ def decode_access_token(token: str, *, secret: str) -> AccessClaims:
         user_id = uuid.UUID(str(claims["sub"]))
     except ValueError as exc:
         raise Unauthorized("The access token is invalid") from exc
-    return AccessClaims(user_id=user_id, token_version=claims["ver"])
+    return AccessClaims(user_id=user_id, token_version=claims["ver"], expires_at=int(claims["exp"]))
 
 
 def new_opaque_token() -> str:

@@ -10,11 +10,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import Select, Text, bindparam, cast, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, GeneratedContent
+from db.reader import Query
 from server.adapters.storage.base import Storage
 
 _CONTENT_COUNT = (
@@ -78,7 +80,14 @@ def _page_statement(*extra: Any) -> Select:
     )
 
 
-_PAGE = _page_statement()  # built once: the list is the hottest read
+_MATCHES = or_(Avatar.name.ilike(bindparam("pattern"), escape="\\"),
+               Avatar.description.ilike(bindparam("pattern"), escape="\\"))
+# Built once: the list is the hottest read.
+_PAGE = Query(_page_statement())
+_SEARCH_PAGE = Query(_page_statement(_MATCHES))
+_COUNT = Query(select(func.count()).select_from(Avatar).where(Avatar.user_id == bindparam("user_id")))
+_SEARCH_COUNT = Query(select(func.count()).select_from(Avatar)
+                      .where(Avatar.user_id == bindparam("user_id"), _MATCHES))
 
 
 def _escape_like(text: str) -> str:
@@ -86,28 +95,20 @@ def _escape_like(text: str) -> str:
 
 
 async def avatar_page(
-    session: AsyncSession, *, user_id: uuid.UUID, offset: int, limit: int, search: str | None
+    reader: asyncpg.Connection, *, user_id: uuid.UUID, offset: int, limit: int, search: str | None
 ) -> tuple[list[Mapping[str, Any]], int]:
     """(rows of this page, total) newest first; search matches name or description."""
-    conditions = [Avatar.user_id == user_id]
-    params = {"user_id": user_id, "offset": offset, "limit": limit}
+    values: dict[str, Any] = {"user_id": user_id, "offset": offset, "limit": limit}
+    page, count = _PAGE, _COUNT
     if search and search.strip():
-        pattern = f"%{_escape_like(search.strip())}%"
-        conditions.append(or_(Avatar.name.ilike(pattern, escape="\\"),
-                              Avatar.description.ilike(pattern, escape="\\")))
-        stmt = _page_statement(or_(Avatar.name.ilike(bindparam("pattern"), escape="\\"),
-                                   Avatar.description.ilike(bindparam("pattern"), escape="\\")))
-        params["pattern"] = pattern
-    else:
-        stmt = _PAGE
-    connection = await session.connection()  # Core execution: no ORM compile step on the hot path
-    rows = list((await connection.execute(stmt, params)).mappings())
+        values["pattern"] = f"%{_escape_like(search.strip())}%"
+        page, count = _SEARCH_PAGE, _SEARCH_COUNT
+    rows = await page.fetch(reader, **values)
     if rows:
         return rows, rows[0]["total"]
     if offset == 0:
         return rows, 0
-    total = (await session.execute(select(func.count()).select_from(Avatar).where(*conditions))).scalar_one()
-    return rows, total
+    return rows, await reader.fetchval(count.sql, *count.args(values))
 
 
 async def count_avatars(session: AsyncSession, *, user_id: uuid.UUID) -> int:

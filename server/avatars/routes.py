@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -33,11 +34,11 @@ def _avatar_id(request: web.Request) -> uuid.UUID:
         raise NotFound("Avatar not found") from exc
 
 
-@routes.get("/api/avatars", query=AvatarListQuery, response=AvatarPage, read_only=True)
-async def list_avatars(request: web.Request, session: AsyncSession, user: CurrentUser,
+@routes.get("/api/avatars", query=AvatarListQuery, response=AvatarPage)
+async def list_avatars(request: web.Request, reader: asyncpg.Connection, user: CurrentUser,
                        query: AvatarListQuery) -> dict:
     """The caller's avatars, newest first (?search= matches name or description)."""
-    return await service.list_avatars(session, user_id=user.id, page=query.page, limit=query.limit,
+    return await service.list_avatars(reader, user_id=user.id, page=query.page, limit=query.limit,
                                       search=query.search, storage=request.app[keys.resources].storage)
 
 
@@ -50,19 +51,19 @@ async def create_avatar(request: web.Request, session: AsyncSession, user: Curre
     return await service.create_avatar(session, user=user, data=body, storage=res.storage, queue=res.queue)
 
 
-@routes.get("/api/avatars/limit", response=AvatarLimitOut, read_only=True)
+@routes.get("/api/avatars/limit", response=AvatarLimitOut)
 async def avatar_limit(session: AsyncSession, user: CurrentUser) -> dict:
     """How many avatars the caller's plan allows and how many are used."""
     return await service.avatar_limit(session, user_id=user.id)
 
 
-@routes.get("/api/avatars/stats", response=AvatarStatsOut, read_only=True)
+@routes.get("/api/avatars/stats", response=AvatarStatsOut)
 async def avatar_stats(session: AsyncSession, user: CurrentUser) -> dict:
     """Avatar counts by status, content made with them, and the most used."""
     return await service.avatar_stats(session, user_id=user.id)
 
 
-@routes.get(AVATAR, response=AvatarOut, errors=(404,), read_only=True)
+@routes.get(AVATAR, response=AvatarOut, errors=(404,))
 async def get_avatar(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
     """One of the caller's avatars."""
     return await service.get_avatar(session, user_id=user.id, avatar_id=_avatar_id(request),

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from arq.connections import ArqRedis
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -76,10 +77,10 @@ async def get_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uu
     return await queries.avatar_object(row, storage=storage)
 
 
-async def list_avatars(session: AsyncSession, *, user_id: uuid.UUID, page: int, limit: int,
+async def list_avatars(reader: asyncpg.Connection, *, user_id: uuid.UUID, page: int, limit: int,
                        search: str | None, storage: Storage) -> dict[str, Any]:
     """A page of the user's avatars, newest first."""
-    rows, total = await queries.avatar_page(session, user_id=user_id, offset=(page - 1) * limit,
+    rows, total = await queries.avatar_page(reader, user_id=user_id, offset=(page - 1) * limit,
                                             limit=limit, search=search)
     return {"items": await queries.avatar_objects(rows, storage=storage), "total": total,
             "page": page, "limit": limit}

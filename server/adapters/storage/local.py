@@ -52,7 +52,7 @@ class LocalStorage:
         await asyncio.to_thread(self._path(key).unlink, missing_ok=True)
 
     def _signature(self, key: str, expires: int) -> str:
-        return hmac.new(self._key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, f"{key}\n{expires}".encode(), "sha256").hex()
 
     async def signed_url(self, key: str, *, expires_in: int | None = None) -> str:
         expires = int(time.time()) + (expires_in or self.ttl)
