@@ -9,6 +9,7 @@ of the raw read pool, for hot reads with db/reader.py queries).
 from __future__ import annotations
 
 import inspect
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from db.session import transaction
 from server import keys
 from server.auth.current_user import authenticate
+from server.errors import NotFound
 from server.json_io import json_response, parse, read_json
 
 Handler = Callable[..., Awaitable[Any]]
@@ -69,6 +71,14 @@ class Routes:
 
     def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **options)
+
+
+def path_uuid(request: web.Request, name: str, *, what: str) -> uuid.UUID:
+    """A UUID from the path; anything else is simply not found."""
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError as exc:
+        raise NotFound(f"{what} not found") from exc
 
 
 def install(app: web.Application, routes: list[Routes]) -> list[RouteSpec]:

@@ -9,6 +9,19 @@ from pydantic import BaseModel, ConfigDict, Field
 T = TypeVar("T")
 
 
+def known_time_zone(value: str | None) -> str | None:
+    """An IANA time zone name, or ValueError (for field validators)."""
+    if value is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError("unknown time zone") from exc
+    return value
+
+
 class Input(BaseModel):
     """Request bodies: unknown fields are refused (no mass assignment)."""
 

@@ -49,6 +49,19 @@ def service_urls() -> Iterator[tuple[str, str]]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def admin_sql(admin_url: str, sql: str) -> None:
+    """Run one statement (CREATE/DROP DATABASE) on the server's admin database."""
+
+    async def run() -> None:
+        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
 def _replace_database(url: str, name: str) -> str:
     head, _, tail = url.partition("?")
     base = head.rsplit("/", 1)[0]
@@ -60,15 +73,7 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     """A database of our own, created and migrated with alembic, dropped at the end."""
     admin_url, _ = service_urls
     name = f"lustify_test_{RUN_ID}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    admin_sql(admin_url, f'CREATE DATABASE "{name}"')
     url = _replace_database(admin_url, name)
     from db.migrate import upgrade
 
@@ -77,7 +82,7 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
 
     asyncio.run(_seed(Settings(_env_file=None, database_url=url)))
     yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -147,3 +152,13 @@ async def worker(settings: Settings) -> AsyncIterator[object]:
 
     async with running_worker(settings) as arq_worker:
         yield arq_worker
+
+
+@pytest.fixture
+async def xai() -> AsyncIterator[object]:
+    """A fake xAI API server on loopback (tests/support/fake_xai.py)."""
+    from tests.support.fake_xai import FakeXai
+
+    fake = await FakeXai().start()
+    yield fake
+    await fake.close()

@@ -297,13 +297,6 @@ async def test_regenerate_needs_a_ready_avatar(api, app_server) -> None:
 
 # --- the grok provider failing for real, and the grok + S3 story -------------------------------
 
-@pytest.fixture
-async def xai():
-    fake = await FakeXai().start()
-    yield fake
-    await fake.close()
-
-
 def grok(settings, xai: FakeXai):
     return settings.model_copy(update={"grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url,
                                        "grok_timeout_seconds": 5.0})

@@ -230,31 +230,22 @@ def test_models_and_migrations_agree(database_url) -> None:
 
 
 def test_migrations_downgrade_and_upgrade_again(service_urls) -> None:
-    import asyncio
     import uuid
 
     from db.migrate import downgrade, upgrade
     from server.config import Settings
-    from tests.conftest import _replace_database
+    from tests.conftest import _replace_database, admin_sql
 
     admin_url, _ = service_urls
     name = f"lustify_roundtrip_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_asyncpg_dsn(admin_url))
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    admin_sql(admin_url, f'CREATE DATABASE "{name}"')
     try:
         url = Settings(_env_file=None, database_url=_replace_database(admin_url, name)).sqlalchemy_url
         upgrade(url)
         downgrade(url, "base")
         upgrade(url)
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_health_goes_503_when_redis_dies_and_recovers(settings, tmp_path) -> None:

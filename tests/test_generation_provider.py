@@ -9,16 +9,8 @@ from pydantic import SecretStr
 from server import keys
 from tests.conftest import start_app
 from tests.support.api import Api, verified_user
-from tests.support.fake_xai import FakeXai
 from tests.support.flows import balance, history, wait_for_content
 from tests.support.workers import running_worker
-
-
-@pytest.fixture
-async def xai():
-    fake = await FakeXai().start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -12,14 +12,6 @@ from pydantic import SecretStr
 from server.adapters.ai import make_ai
 from server.adapters.ai.base import AvatarSpec, ProviderError
 from server.adapters.ai.grok import GrokProvider
-from tests.support.fake_xai import FakeXai
-
-
-@pytest.fixture
-async def xai():
-    fake = await FakeXai().start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -20,18 +20,14 @@ from server.avatars.schemas import (
     AvatarStatsOut,
     AvatarUpdateIn,
 )
-from server.errors import NotFound
-from server.routing import Routes
+from server.routing import Routes, path_uuid
 
 routes = Routes(tags=("avatars",))
 AVATAR = "/api/avatars/{avatar_id}"
 
 
 def _avatar_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["avatar_id"])
-    except ValueError as exc:
-        raise NotFound("Avatar not found") from exc
+    return path_uuid(request, "avatar_id", what="Avatar")
 
 
 @routes.get("/api/avatars", query=AvatarListQuery, response=AvatarPage)

@@ -18,17 +18,13 @@ from server.content.schemas import (
     GenerateImageIn,
     GenerateVideoIn,
 )
-from server.errors import NotFound
-from server.routing import Routes
+from server.routing import Routes, path_uuid
 
 routes = Routes(tags=("content",))
 
 
 def _content_id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["content_id"])
-    except ValueError as exc:
-        raise NotFound("Content not found") from exc
+    return path_uuid(request, "content_id", what="Content")
 
 
 @routes.get("/api/content", query=ContentListQuery, response=ContentPage)

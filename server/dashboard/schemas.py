@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from server.schemas import PageQuery
+from server.schemas import PageQuery, known_time_zone
 
 
 class AnalyticsQuery(BaseModel):
@@ -19,15 +19,7 @@ class AnalyticsQuery(BaseModel):
     @field_validator("tz")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError("unknown time zone") from exc
-        return value
+        return known_time_zone(value)
 
 
 class DayRow(BaseModel):
