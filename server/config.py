@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     socketio_compression: bool = False  # see DESIGN.md Performance: ~95 KB zlib state per socket
     socketio_max_message_bytes: int = 64 * 1024
     socketio_client_events_per_10s: int = 50
+    socketio_ping_interval_seconds: float = 25.0
+    socketio_ping_timeout_seconds: float = 20.0
+    socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.05
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")

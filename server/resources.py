@@ -16,6 +16,7 @@ from server.adapters.email import Mailer, make_mailer
 from server.config import Settings
 from server.ratelimit import RateLimiter
 from server.realtime.publisher import Publisher
+from server.realtime.wire import OrjsonCodec
 
 
 @dataclass
@@ -51,7 +52,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
         # Write-only: every process emits through Redis; servers' managers deliver to sockets.
         emitter = socketio.AsyncRedisManager(
-            settings.redis_dsn, channel=settings.key("socketio"), write_only=True
+            settings.redis_dsn, channel=settings.key("socketio"), write_only=True, json=OrjsonCodec
         )
         stack.push_async_callback(_close_emitter, emitter)
         publisher = Publisher(redis, emitter, settings, metrics)

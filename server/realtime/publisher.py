@@ -85,30 +85,44 @@ class Publisher:
         return event_id
 
     async def disconnect_user(self, user_id: uuid.UUID | str) -> None:
-        """Close every socket of the user, whichever server process holds it."""
-        await self.manager.emit(
-            "session.revoked", {"reason": "signed_out"}, room=user_room(user_id), namespace="/"
-        )
+        """Close every socket of the user, whichever server process holds it.
+
+        Each server tells its own sockets `session.revoked` right before closing them, so
+        the notice cannot overtake or trail the disconnect.
+        """
         await self.redis.publish(self.settings.key("revocations"), str(user_id))
 
-    async def events_after(
-        self, user_id: uuid.UUID | str, last_event_id: str, *, limit: int = 5000
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Events recorded after `last_event_id`, oldest first, as (name, payload)."""
-        if not EVENT_ID.match(last_event_id or ""):
+    async def backlog(
+        self, user_id: uuid.UUID | str, last_event_id: str, *, page: int = 1000
+    ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+        """Events after `last_event_id`, oldest first, and the floor: the newest id read.
+
+        Every event at or below the floor was in the stream when it was read, so it is
+        either in the backlog or already seen by the client; live copies of it are
+        duplicates.
+        """
+        if not isinstance(last_event_id, str) or not EVENT_ID.match(last_event_id):
             raise ValidationFailed(
                 "last_event_id must look like '1732600000000-0'",
                 details=[{"field": "last_event_id", "message": "invalid event id"}],
             )
-        entries = await self.redis.xrange(
-            self.stream_key(user_id), min=f"({last_event_id}", max="+", count=limit
-        )
-        events = []
-        for raw_id, fields in entries:
-            payload = orjson.loads(fields[b"d"])
-            payload["event_id"] = raw_id.decode()
-            events.append((fields[b"e"].decode(), payload))
-        return events
+        key = self.stream_key(user_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(key, min=f"({last_event_id}", max="+", count=page)
+            pipe.xrevrange(key, count=1)
+            entries, newest = await pipe.execute()
+        floor = newest[0][0].decode() if newest else None
+        events: list[tuple[str, dict[str, Any]]] = []
+        while entries:
+            for raw_id, fields in entries:
+                payload = orjson.loads(fields[b"d"])
+                payload["event_id"] = raw_id.decode()
+                events.append((fields[b"e"].decode(), payload))
+            floor = events[-1][1]["event_id"]
+            if len(entries) < page:
+                break
+            entries = await self.redis.xrange(key, min=f"({floor}", max="+", count=page)
+        return events, floor
 
     async def latest_event_id(self, user_id: uuid.UUID | str) -> str | None:
         newest = await self.redis.xrevrange(self.stream_key(user_id), count=1)
