@@ -16,13 +16,13 @@ from db.models import User
 from db.session import transaction
 from server import keys
 from server.auth.tokens import issue_access_token
-from server.config import Settings
 from server.realtime.events import EVENT_TYPES, ActivityPosted, CreditsUpdated
 from server.realtime.manager import event_key
 from server.realtime.server import realtime_key
 from server.resources import Resources
 from tests.conftest import start_app
-from tests.support.api import Api, User as ApiUser
+from tests.support.api import Api
+from tests.support.api import User as ApiUser
 from tests.support.processes import ServerProcess, publish_from_other_process
 from tests.support.sockets import SocketClient
 
@@ -227,7 +227,7 @@ async def test_replay_on_connect_has_no_gap_or_duplicate_while_events_keep_comin
     await asyncio.sleep(0.02)
     client = await connected(sockets, url_of(app_server), user, last_event_id=start)
     await task
-    received = await client.wait_for("credits.updated", 60)
+    await client.wait_for("credits.updated", 60)
     await asyncio.sleep(0.2)
     ids = [e["event_id"] for e in client.named("credits.updated")]
     assert ids == published

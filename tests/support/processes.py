@@ -48,8 +48,9 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ServerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve"], env=self.env,
-                                     cwd=self.cwd, stdout=subprocess.DEVNULL)
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "server.cli", "serve"], env=self.env,
+            cwd=self.cwd, stdout=subprocess.DEVNULL)
         deadline = asyncio.get_running_loop().time() + 20
         async with aiohttp.ClientSession() as http:
             while asyncio.get_running_loop().time() < deadline:
