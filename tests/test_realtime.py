@@ -408,3 +408,29 @@ async def test_permessage_deflate_is_accepted_only_when_configured(
             assert (ws.compress != 0) is compression
     finally:
         await server.close()
+
+
+# --- behind nginx -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+async def test_clients_through_nginx_receive_events(
+        transport, app_server, api, settings, sockets, tmp_path) -> None:
+    from tests.support.nginx import Nginx, nginx_binary
+
+    if nginx_binary() is None:
+        pytest.fail("nginx is not installed (apt-get install nginx)")
+    second = await start_app(settings)
+    try:
+        with Nginx([app_server.port, second.port], tmp_path) as proxy:
+            user = await api.register()
+            client = sockets()
+            await client.connect(proxy.url, token=user.access_token, transports=(transport,))
+            assert client.sio.transport() == transport
+            reply = await client.call("ping")
+            assert reply["ok"] is True
+            ids = await publish(second, user.id, 2) + await publish(app_server, user.id, 1, start=2)
+            received = await client.wait_for("credits.updated", 3)
+            assert [e["event_id"] for e in received] == ids
+            await client.close()
+    finally:
+        await second.close()
