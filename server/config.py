@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     socketio_client_events_per_10s: int = 50
     socketio_ping_interval_seconds: float = 25.0
     socketio_ping_timeout_seconds: float = 20.0
+    gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
     socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.05
 
