@@ -105,6 +105,26 @@ async def test_connect_with_a_valid_token_joins_only_the_users_room(app_server, 
     assert client.sio.connected
 
 
+async def test_disconnecting_leaves_no_trace_in_the_room_bookkeeping(app_server, api, sockets) -> None:
+    users = [await api.register() for _ in range(3)]
+    clients = [await connected(sockets, url_of(app_server), user) for user in users for _ in range(2)]
+    realtime = app_server.app[realtime_key]
+    assert len(realtime.connections) == 6
+    rooms = realtime.manager.rooms["/"]
+    assert {room for room in rooms if isinstance(room, str) and room.startswith("user:")} == \
+        {f"user:{user.id}" for user in users}
+    for client in clients:
+        await client.close()
+    for _ in range(50):
+        if not realtime.connections:
+            break
+        await asyncio.sleep(0.02)
+    assert realtime.connections == {}
+    assert realtime.manager.joined == {} and realtime.manager.gates == {}
+    assert not realtime.manager.rooms.get("/")
+    assert not realtime.manager.pending_connect and not realtime.manager.pending_disconnect
+
+
 async def test_a_malformed_last_event_id_is_refused(app_server, api, sockets) -> None:
     user = await api.register()
     client = sockets()

@@ -33,6 +33,36 @@ class UserRoomManager(socketio.AsyncRedisManager):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gates: dict[str, Gate] = {}
+        self.joined: dict[str, list[Any]] = {}  # sid -> rooms other than its own and None
+
+    # python-socketio finds the rooms of a leaving socket by scanning every room of the
+    # namespace: O(connections) per disconnect, seconds to close thousands. A socket here
+    # is in one or two rooms, so they are remembered instead.
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: Any = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        if room is not None and room != sid:
+            rooms = self.joined.setdefault(sid, [])
+            if room not in rooms:
+                rooms.append(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self.joined.get(sid)
+        if rooms and room in rooms:
+            rooms.remove(room)
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        if namespace not in self.rooms:
+            return
+        for room in (*self.joined.pop(sid, ()), sid, None):
+            self.basic_leave_room(sid, namespace, room)
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if sid in pending.get(namespace, ()):
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
 
     def hold(self, sid: str) -> None:
         """Hold this socket's live events until `release`."""

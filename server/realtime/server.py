@@ -27,6 +27,7 @@ from server.realtime.wire import OrjsonCodec, websocket_class
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
+CLOSE_GRACE_SECONDS = 1.0
 
 
 class Realtime:
@@ -47,9 +48,9 @@ class Realtime:
             logger=False,
             engineio_logger=False,
         )
+        self.websockets = websocket_class(compress=settings.socketio_compression)
         self.sio.eio._async = {  # this server's copy: the driver's dict is module-wide
-            **self.sio.eio._async,
-            "websocket": websocket_class(compress=settings.socketio_compression),
+            **self.sio.eio._async, "websocket": self.websockets,
         }
         self.connections: dict[str, Connection] = {}
         self.sio.on("connect", self.on_connect)
@@ -176,13 +177,27 @@ class Realtime:
     # closing sockets
 
     async def cut_off(self, sid: str) -> None:
-        """Close a socket for good: its namespace and its transport."""
+        """Close a socket for good: its namespace, then its transport."""
         eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.sio.disconnect(sid, ignore_queue=True)
-        socket = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if socket is not None:
-            # Queued packets still go out first; a peer that never reads is not waited for.
-            await socket.close(wait=False)
+        if eio_sid is not None:
+            await self._close_transports([eio_sid])
+
+    async def _close_transports(self, eio_sids: list[str]) -> None:
+        """engine.io CLOSE to each; websockets still open after a grace period are closed here.
+
+        engine.io would otherwise keep reading a socket it has closed until the peer leaves.
+        """
+        for eio_sid in eio_sids:
+            socket = self.sio.eio.sockets.get(eio_sid)
+            if socket is not None:
+                await socket.close(wait=False)  # queued packets still go out first
+        open_now = self.websockets.open
+        serving = [open_now[eio_sid][1] for eio_sid in eio_sids if eio_sid in open_now]
+        if serving:
+            await asyncio.wait(serving, timeout=CLOSE_GRACE_SECONDS)
+        lingering = [open_now[eio_sid][0] for eio_sid in eio_sids if eio_sid in open_now]
+        await asyncio.gather(*(ws.close() for ws in lingering), return_exceptions=True)
 
     async def close_revoked(self, user_id: str) -> None:
         """Tell this process's sockets of the user their session ended, then close them."""
@@ -190,7 +205,7 @@ class Realtime:
         for sid in sids:
             await self.sio.emit("session.revoked", {"reason": "signed_out"}, to=sid,
                                 ignore_queue=True)
-            await self.cut_off(sid)
+        await asyncio.gather(*(self.cut_off(sid) for sid in sids))
 
     # lifecycle
 
@@ -214,9 +229,7 @@ class Realtime:
 
     async def close_all(self, app: web.Application) -> None:
         """On shutdown: close every socket so clients reconnect to another instance."""
-        for socket in list(self.sio.eio.sockets.values()):
-            # Not waiting for the send queue to drain: a peer that is already gone never drains it.
-            await socket.close(wait=False)
+        await self._close_transports(list(self.sio.eio.sockets))
 
 
 def _failure(exc: DomainError) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp.web import WebSocketResponse
@@ -32,6 +33,9 @@ def websocket_class(*, compress: bool) -> type[WebSocket]:
     """
 
     class ChosenCompressionWebSocket(WebSocket):
+        # engine.io sid -> its websocket and the task serving it
+        open: ClassVar[dict[str, tuple[WebSocketResponse, asyncio.Task[Any]]]] = {}
+
         async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
             request = environ["aiohttp.request"]
             self._sock = WebSocketResponse(
@@ -39,7 +43,15 @@ def websocket_class(*, compress: bool) -> type[WebSocket]:
             )
             await self._sock.prepare(request)
             self.environ = environ
-            await self.handler(self)
+            sid = getattr(getattr(self.handler, "__self__", None), "sid", None)
+            task = asyncio.current_task()
+            if sid is not None and task is not None:
+                self.open[sid] = (self._sock, task)
+            try:
+                await self.handler(self)
+            finally:
+                if sid is not None:
+                    self.open.pop(sid, None)
             return self._sock
 
         async def wait(self) -> str | bytes:
@@ -50,4 +62,5 @@ def websocket_class(*, compress: bool) -> type[WebSocket]:
                 raise OSError("closed by the server")
             return await super().wait()
 
+    ChosenCompressionWebSocket.open = {}  # one registry per server
     return ChosenCompressionWebSocket
