@@ -205,7 +205,8 @@ class Bench:
 
     # the publishers
 
-    async def publish(self, run: str, env: dict[str, str] | None) -> None:
+    async def publish(self, run: str, env: dict[str, str] | None) -> dict:
+        """Run the publisher process; returns what it measured of its own publish calls."""
         seconds, rate = str(self.args.seconds), str(self.args.rate)
         if env is None:
             cmd = ["node", str(NODE_DIR / "emitter.js"), self.redis_url,
@@ -218,6 +219,7 @@ class Bench:
         out, _ = await proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"publisher failed: {out!r}")
+        return json.loads(out.decode().strip().splitlines()[-1])
 
     # the measurements
 
@@ -250,11 +252,12 @@ class Bench:
             await driver.command("reset")
             gc_before = await gc_pauses(port) if env is not None else {}
             cpu_before = cpu_seconds(server.pid)
-            await self.publish(f"{name}-lat", env)
+            published = await self.publish(f"{name}-lat", env)
             await asyncio.sleep(1)
             cpu_after = cpu_seconds(server.pid)
             gc_after = await gc_pauses(port) if env is not None else {}
             stats = await driver.command("report")
+            stats.update({k: v for k, v in published.items() if k.startswith("publish_")})
             stats["gc"] = {key: round(gc_after[key] - gc_before.get(key, 0), 2) for key in gc_after}
             await driver.quit()
             stats["events"] = int(self.args.rate * self.args.seconds)
@@ -299,6 +302,7 @@ async def publish_events(database_url: str, redis_url: str, namespace: str, user
                         redis_namespace=namespace, jwt_secret=SECRET)
     users = Path(users_file).read_text().split()[:clients]  # noqa: ASYNC240 (before the clock starts)
     total = round(rate * seconds)
+    took: list[float] = []
     async with open_resources(settings) as resources:
         publisher = resources.publisher
         start = time.time()
@@ -306,10 +310,14 @@ async def publish_events(database_url: str, redis_url: str, namespace: str, user
             wait = start + i / rate - time.time()
             if wait > 0:
                 await asyncio.sleep(wait)
+            began = time.perf_counter()
             await publisher.publish(users[i % len(users)], ActivityPosted(activity={
                 "id": f"bench-{i}", "type": "bench", "message": "bench",
                 "data": {"sent_at": time.time() * 1000}}))
+            took.append((time.perf_counter() - began) * 1000)
         await asyncio.sleep(0.2)
+    took.sort()
+    print(json.dumps({"publish_p50": took[len(took) // 2], "publish_p99": took[int(len(took) * 0.99)]}))
 
 
 # ------------------------------------------------------------------ main

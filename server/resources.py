@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
-import socketio
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -16,7 +15,6 @@ from server.adapters.email import Mailer, make_mailer
 from server.config import Settings
 from server.ratelimit import RateLimiter
 from server.realtime.publisher import Publisher
-from server.realtime.wire import OrjsonCodec
 
 
 @dataclass
@@ -50,12 +48,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
-        # Write-only: every process emits through Redis; servers' managers deliver to sockets.
-        emitter = socketio.AsyncRedisManager(
-            settings.redis_dsn, channel=settings.key("socketio"), write_only=True, json=OrjsonCodec
-        )
-        stack.push_async_callback(_close_emitter, emitter)
-        publisher = Publisher(redis, emitter, settings, metrics)
+        # Every process publishes through Redis; servers' Socket.IO managers deliver to sockets.
+        publisher = Publisher(redis, settings, metrics)
         yield Resources(
             settings=settings,
             engine=engine,
@@ -67,7 +61,3 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             mailer=make_mailer(settings),
         )
 
-
-async def _close_emitter(emitter: socketio.AsyncRedisManager) -> None:
-    if emitter.redis is not None:
-        await emitter.redis.aclose()
