@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import socketio
+from engineio import packet as eio_packet
+from socketio import packet as sio_packet
 
 EventKey = tuple[int, int]
 
@@ -94,13 +96,30 @@ class UserRoomManager(socketio.AsyncRedisManager):
         self.gates.pop(sid, None)
 
     async def _handle_emit(self, message: dict[str, Any]) -> None:
+        skip = message.get("skip_sid")
+        skip = list(skip) if isinstance(skip, list) else ([skip] if skip else [])
         if self.gates:
-            gated = self._gated_sids(message)
-            if gated:
-                skip = message.get("skip_sid")
-                skip = list(skip) if isinstance(skip, list) else ([skip] if skip else [])
-                message = {**message, "skip_sid": skip + gated}
-        await super()._handle_emit(message)
+            skip += self._gated_sids(message)
+        if message.get("callback") is not None or message.get("binary") or self.server is None:
+            await super()._handle_emit({**message, "skip_sid": skip})
+            return
+        # python-socketio's emit scans the payload for binary parts, then makes a task per
+        # recipient and waits for them all. What arrives here is JSON, and a user's room has
+        # a socket or two whose send only queues the packet: deliver in line.
+        namespace = message.get("namespace") or "/"
+        if namespace not in self.rooms:
+            return
+        pkt = self.server.packet_class(
+            sio_packet.EVENT, data=[message["event"], *message["data"]], namespace=namespace,
+            binary=False)
+        eio_pkt = eio_packet.Packet(eio_packet.MESSAGE, pkt.encode())
+        for sid, eio_sid in self.get_participants(namespace, message.get("room")):
+            if sid in skip:
+                continue
+            try:
+                await self.server._send_eio_packet(eio_sid, eio_pkt)
+            except Exception:  # a socket closing under us must not starve the others
+                self._get_logger().debug("could not send to %s", sid, exc_info=True)
 
     def _gated_sids(self, message: dict[str, Any]) -> list[str]:
         room = message.get("room")
