@@ -6,10 +6,12 @@ For each server configuration, on loopback, with its own database and Redis name
            each to one user's room: publish -> client callback p50/p99/max
   cpu      server CPU time during the latency run / events delivered
 Both servers are driven by the same client (Node socket.io-client in one process, offering
-permessage-deflate as browsers do). Needs node + npm (installs bench/node on first run).
+permessage-deflate as browsers do). Needs node + npm (installs bench/peers/socketio-node on first
+run).
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 \\
         .venv/bin/python bench/realtime.py [--quick]
+    .venv/bin/python -m bench.realtime --repeat 5 --only python-shipped node-reference
     .venv/bin/python bench/realtime.py publish ...   (internal: the worker-like publisher)
 """
 
@@ -31,7 +33,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NODE_DIR = ROOT / "bench" / "node"
+NODE_DIR = ROOT / "bench" / "peers" / "socketio-node"
 sys.path.insert(0, str(ROOT))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -60,6 +62,16 @@ def rss_kb(pid: int) -> int:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        print(f"server {server.pid} ignored SIGTERM for 20 s; killing it", flush=True)
+        server.kill()
+        server.wait(5)
 
 
 async def gc_pauses(port: int) -> dict[str, float]:
@@ -239,8 +251,7 @@ class Bench:
             return {"rss_before_mb": before / 1024, "rss_after_mb": after / 1024,
                     "kb_per_connection": (after - before) / self.args.idle}
         finally:
-            server.terminate()
-            server.wait(15)
+            stop_server(server)
 
     async def latency(self, name: str, env: dict[str, str] | None) -> dict:
         port = free_port()
@@ -265,8 +276,7 @@ class Bench:
             stats["cpu_us_per_event"] = (cpu_after - cpu_before) / max(stats["received"], 1) * 1e6
             return stats
         finally:
-            server.terminate()
-            server.wait(15)
+            stop_server(server)
 
 
 class Driver:
