@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server import keys, middleware, service_routes
 from server.config import Settings
+from server.gc_tuning import observe_gc_pauses, settle_startup_heap
 from server.metrics import Metrics
 from server.openapi import build_document
 from server.realtime.server import attach_socketio
@@ -52,4 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     specs = install(app, route_groups())
     app[service_routes.openapi_document] = build_document(specs)
     attach_socketio(app, settings)
+    app.cleanup_ctx.append(observe_gc_pauses)
+    if settings.gc_tuning:
+        app.on_startup.append(settle_startup_heap)  # after cleanup_ctx: resources are open
     return app

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     socketio_compression: bool = False  # see DESIGN.md Performance: ~95 KB zlib state per socket
     socketio_max_message_bytes: int = 64 * 1024
     socketio_client_events_per_10s: int = 50
+    socketio_ping_interval_seconds: float = 25.0
+    socketio_ping_timeout_seconds: float = 20.0
+    gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
+    socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.05
 
     generation_max_attempts: int = Field(3, ge=1, le=10)

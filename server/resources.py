@@ -7,7 +7,6 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
-import socketio
 from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -60,12 +59,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         redis = make_redis(settings)
         stack.push_async_callback(redis.aclose)
         queue = ArqRedis(connection_pool=redis.connection_pool, default_queue_name=settings.key("queue"))
-        # Write-only: every process emits through Redis; servers' managers deliver to sockets.
-        emitter = socketio.AsyncRedisManager(
-            settings.redis_dsn, channel=settings.key("socketio"), write_only=True
-        )
-        stack.push_async_callback(_close_emitter, emitter)
-        publisher = Publisher(redis, emitter, settings, metrics)
+        # Every process publishes through Redis; servers' Socket.IO managers deliver to sockets.
+        publisher = Publisher(redis, settings, metrics)
         ai = make_ai(settings)
         stack.push_async_callback(ai.aclose)
         storage = make_storage(settings)
@@ -87,7 +82,3 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             billing=billing,
         )
 
-
-async def _close_emitter(emitter: socketio.AsyncRedisManager) -> None:
-    if emitter.redis is not None:
-        await emitter.redis.aclose()

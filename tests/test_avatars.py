@@ -95,7 +95,7 @@ async def test_verified_user_creates_an_avatar_that_becomes_ready_with_a_real_th
     publisher = app_server.app[keys.resources].publisher
 
     async def published():
-        events = await publisher.events_after(user.id, "0-0")
+        events = (await publisher.backlog(user.id, "0-0"))[0]
         return events if any(p.get("activity", {}).get("type") == "avatar.ready" for _, p in events) else None
     events = await wait_until(published)
     updates = [payload for name, payload in events if name == "avatar.updated"]
@@ -326,7 +326,7 @@ async def test_a_permanent_provider_error_fails_the_avatar_and_refunds_once(sett
             assert await balance(api, user) == 25
             assert len(xai.calls("POST /v1/images/generations")) == 1  # permanent: not retried
             async def failed_event():
-                events = await res.publisher.events_after(user.id, "0-0")
+                events = (await res.publisher.backlog(user.id, "0-0"))[0]
                 return [p["avatar"]["status"] for n, p in events if n == "avatar.updated"]
             assert await wait_until(failed_event) == ["failed"]
     finally:

@@ -197,7 +197,7 @@ async def test_each_movement_publishes_one_credits_event(res: Resources, db) -> 
         async with transaction(res.sessionmaker) as session:
             await ledger.grant(session, user_id=user, amount=20, key=f"seed:{user}")
             await ledger.spend(session, user_id=user, amount=5, key=f"use:{user}")
-    events = await res.publisher.events_after(user, "0-0")
+    events = (await res.publisher.backlog(user, "0-0"))[0]
     credits = [payload for name, payload in events if name == "credits.updated"]
     assert [(c["balance"], c["delta"]) for c in credits] == [(20, 20), (15, -5)]
     activity = [payload["activity"] for name, payload in events if name == "activity"]

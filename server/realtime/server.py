@@ -1,26 +1,248 @@
-"""The Socket.IO server on the aiohttp app, fanned out through Redis."""
+"""The Socket.IO server on the aiohttp app: JWT on connect, one room per user, Redis fan-out."""
 
 from __future__ import annotations
 
-import socketio
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
 from aiohttp import web
+from socketio.exceptions import ConnectionRefusedError as Refused
 
+from db.session import transaction
+from server import keys
+from server.auth.current_user import user_from_token
 from server.config import Settings
+from server.errors import DomainError, InternalError, NotFound, RateLimited, Unauthorized
+from server.json_io import parse
+from server.realtime.actions import ACTIONS, Action, ActionContext, current_user
+from server.realtime.connections import Connection
+from server.realtime.manager import UserRoomManager, event_key
+from server.realtime.publisher import EVENT_ID, user_room
+from server.realtime.revocations import listen_for_revocations
+from server.realtime.socket_server import RealtimeServer, after_reply
+from server.realtime.wire import OrjsonCodec, websocket_class
 
-sio_key = web.AppKey("sio", socketio.AsyncServer)
+log = logging.getLogger(__name__)
+NAMESPACE = "/"
+CLOSE_GRACE_SECONDS = 1.0
 
 
-def attach_socketio(app: web.Application, settings: Settings) -> socketio.AsyncServer:
-    manager = socketio.AsyncRedisManager(settings.redis_dsn, channel=settings.key("socketio"))
-    sio = socketio.AsyncServer(
-        async_mode="aiohttp",
-        client_manager=manager,
-        cors_allowed_origins=settings.cors_origins,
-        max_http_buffer_size=settings.socketio_max_message_bytes,
-        http_compression=settings.socketio_compression,
-        logger=False,
-        engineio_logger=False,
-    )
-    sio.attach(app, socketio_path="socket.io")
-    app[sio_key] = sio
-    return sio
+class Realtime:
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.manager = UserRoomManager(settings.redis_dsn, channel=settings.key("socketio"))
+        self.sio = RealtimeServer(
+            async_mode="aiohttp",
+            client_manager=self.manager,
+            json=OrjsonCodec,
+            cors_allowed_origins=settings.cors_origins,
+            max_http_buffer_size=settings.socketio_max_message_bytes,
+            http_compression=settings.socketio_compression,
+            ping_interval=settings.socketio_ping_interval_seconds,
+            ping_timeout=settings.socketio_ping_timeout_seconds,
+            connect_timeout=settings.socketio_connect_timeout_seconds,
+            logger=False,
+            engineio_logger=False,
+        )
+        self.websockets = websocket_class(compress=settings.socketio_compression)
+        self.sio.eio._async = {  # this server's copy: the driver's dict is module-wide
+            **self.sio.eio._async, "websocket": self.websockets,
+        }
+        self.connections: dict[str, Connection] = {}
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("disconnect", self.on_disconnect)
+        for act in ACTIONS.values():
+            self.sio.on(act.name, self._handler_for(act))
+        self.sio.on("*", self.on_unknown_event)
+
+    # connect / disconnect
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        auth = auth if isinstance(auth, dict) else {}
+        resources = self.app[keys.resources]
+        token = auth.get("token")
+        try:
+            if not isinstance(token, str) or not token:
+                raise Unauthorized("Connect with auth: {token: <access_token>}")
+            async with resources.reader.acquire() as reader:
+                user = await user_from_token(
+                    reader, token, secret=self.settings.jwt_secret.get_secret_value())
+        except DomainError as exc:
+            if exc.status == 401:
+                raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
+            raise Refused(exc.code, exc.body()) from None
+        except Exception:
+            log.exception("socket authentication failed")
+            raise Refused("service_unavailable") from None
+        last_event_id = auth.get("last_event_id") or None
+        if last_event_id is not None and (
+                not isinstance(last_event_id, str) or not EVENT_ID.match(last_event_id)):
+            raise Refused("validation_error", {
+                "error": "validation_error", "message": "last_event_id is not an event id",
+                "details": [{"field": "last_event_id", "message": "invalid event id"}]})
+        self.connections[sid] = Connection(user)
+        self.app[keys.metrics].socket_connections.inc()
+        if last_event_id is not None:
+            self.manager.hold(sid)
+            after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
+        await self.sio.enter_room(sid, user_room(user.id))
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        if self.connections.pop(sid, None) is not None:
+            self.app[keys.metrics].socket_connections.dec()
+        self.manager.forget(sid)
+
+    # replay
+
+    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: str) -> None:
+        floor = None
+        try:
+            events, floor = await self.app[keys.resources].publisher.backlog(user_id, last_event_id)
+            for name, payload in events:
+                await self.sio.emit(name, payload, to=sid, ignore_queue=True)
+        except Exception:
+            log.exception("replay on connect failed")
+        finally:
+            await self._release(sid, floor)
+
+    async def replay_through_ack(self, sid: str, user_id: Any, last_event_id: str) -> list[Any]:
+        """The backlog for an `events.replay` ack; held live events follow the ack."""
+        self.manager.hold(sid)
+        floor = None
+        try:
+            events, floor = await self.app[keys.resources].publisher.backlog(user_id, last_event_id)
+        finally:
+            after_reply(lambda: self._release(sid, floor))
+        return events
+
+    async def _release(self, sid: str, floor: str | None) -> None:
+        key = event_key(floor) if floor else None
+        while batch := self.manager.release(sid, key):
+            key = None
+            for name, payload in batch:
+                await self.sio.emit(name, payload, to=sid, ignore_queue=True)
+
+    # client -> server actions
+
+    def _handler_for(self, act: Action) -> Any:
+        async def handle(sid: str, *args: Any) -> dict[str, Any]:
+            return await self._run(act, sid, args[0] if args else None)
+
+        handle.__name__ = f"action_{act.name}"
+        return handle
+
+    async def _run(self, act: Action, sid: str, data: Any) -> dict[str, Any]:
+        conn = self.connections.get(sid)
+        if conn is None:
+            return _failure(Unauthorized())
+        if not self._within_rate(sid, conn):
+            return _failure(RateLimited("Too many events on this connection"))
+        resources = self.app[keys.resources]
+        try:
+            body = parse(act.body, {} if data is None else data) if act.body else data
+            if act.transaction:
+                async with transaction(resources.sessionmaker) as session:
+                    user = await current_user(session, user_id=conn.user.id,
+                                              token_version=conn.user.token_version)
+                    result = await act.handler(ActionContext(sid, user, resources, session, self), body)
+            else:
+                result = await act.handler(ActionContext(sid, conn.user, resources, None, self), body)
+        except DomainError as exc:
+            return _failure(exc)
+        except Exception:
+            log.exception("socket action %s failed", act.name)
+            return _failure(InternalError())
+        return {"ok": True, "data": result}
+
+    async def on_unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        conn = self.connections.get(sid)
+        if conn is not None and not self._within_rate(sid, conn):
+            return _failure(RateLimited("Too many events on this connection"))
+        return _failure(NotFound(f"Unknown event {event!r}"))
+
+    def _within_rate(self, sid: str, conn: Connection) -> bool:
+        limit = self.settings.socketio_client_events_per_10s
+        if conn.allow_event(asyncio.get_running_loop().time(), limit):
+            return True
+        if conn.window_events == limit + 1:
+            log.warning("socket %s of user %s exceeded %d events/10s; disconnecting",
+                        sid, conn.user.id, limit)
+            after_reply(lambda: self.cut_off(sid))
+        return False
+
+    # closing sockets
+
+    async def cut_off(self, sid: str) -> None:
+        """Close a socket for good: its namespace, then its transport."""
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+        await self.sio.disconnect(sid, ignore_queue=True)
+        if eio_sid is not None:
+            await self._close_transports([eio_sid])
+
+    async def _close_transports(self, eio_sids: list[str]) -> None:
+        """engine.io CLOSE to each; websockets still open after a grace period are closed here.
+
+        engine.io would otherwise keep reading a socket it has closed until the peer leaves.
+        """
+        for eio_sid in eio_sids:
+            socket = self.sio.eio.sockets.get(eio_sid)
+            if socket is not None:
+                await socket.close(wait=False)  # queued packets still go out first
+        open_now = self.websockets.open
+        serving = [open_now[eio_sid][1] for eio_sid in eio_sids if eio_sid in open_now]
+        if serving:
+            await asyncio.wait(serving, timeout=CLOSE_GRACE_SECONDS)
+        lingering = [open_now[eio_sid][0] for eio_sid in eio_sids if eio_sid in open_now]
+        await asyncio.gather(*(ws.close() for ws in lingering), return_exceptions=True)
+
+    async def close_revoked(self, user_id: str) -> None:
+        """Tell this process's sockets of the user their session ended, then close them."""
+        sids = [sid for sid, _ in self.manager.get_participants(NAMESPACE, user_room(user_id))]
+        for sid in sids:
+            await self.sio.emit("session.revoked", {"reason": "signed_out"}, to=sid,
+                                ignore_queue=True)
+        await asyncio.gather(*(self.cut_off(sid) for sid in sids))
+
+    # lifecycle
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        subscribed = asyncio.Event()
+        listener = asyncio.create_task(listen_for_revocations(
+            self.settings.redis_dsn, self.settings.key("revocations"), self.close_revoked,
+            subscribed=subscribed))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscribed.wait(), 5)
+        yield
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await self.sio.shutdown()
+        thread = getattr(self.manager, "thread", None)
+        if thread is not None:
+            thread.cancel()
+            await asyncio.gather(thread, return_exceptions=True)
+        if self.manager.redis is not None:
+            await self.manager.redis.aclose()
+
+    async def close_all(self, app: web.Application) -> None:
+        """On shutdown: close every socket so clients reconnect to another instance."""
+        await self._close_transports(list(self.sio.eio.sockets))
+
+
+def _failure(exc: DomainError) -> dict[str, Any]:
+    return {"ok": False, "error": exc.body()}
+
+
+realtime_key = web.AppKey("realtime", Realtime)
+
+
+def attach_socketio(app: web.Application, settings: Settings) -> Realtime:
+    realtime = Realtime(app, settings)
+    realtime.sio.attach(app, socketio_path="socket.io")
+    app.cleanup_ctx.append(realtime.lifecycle)
+    app.on_shutdown.append(realtime.close_all)
+    app[realtime_key] = realtime
+    return realtime

@@ -32,4 +32,4 @@ async def balance(api: Api, user: User) -> int:
 
 async def history(publisher, user_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Every event recorded for the user, oldest first."""
-    return await publisher.events_after(user_id, "0-0")
+    return (await publisher.backlog(user_id, "0-0"))[0]

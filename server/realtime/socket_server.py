@@ -1,0 +1,82 @@
+"""python-socketio's AsyncServer plus two things it lacks: after-reply hooks and a join deadline.
+
+After-reply hooks run once the CONNECT or ACK packet of the current handler is queued,
+so a replay can release held live events strictly after the reply that carried (or
+announced) the backlog. The join deadline closes engine.io sessions that never
+complete the Socket.IO handshake, like socket.io's `connectTimeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import socketio
+
+Hook = Callable[[], Awaitable[None]]
+_after_reply: ContextVar[list[Hook] | None] = ContextVar("after_reply", default=None)
+
+
+def after_reply(hook: Hook) -> None:
+    """Run `hook` once the reply to the event (or connect) being handled is queued."""
+    hooks = _after_reply.get()
+    if hooks is None:
+        raise RuntimeError("after_reply() outside a Socket.IO handler")
+    hooks.append(hook)
+
+
+class RealtimeServer(socketio.AsyncServer):
+    def __init__(self, *args: Any, connect_timeout: float = 45.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connect_timeout = connect_timeout
+        self._join_deadlines: dict[str, asyncio.TimerHandle] = {}
+
+    async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
+        await self._with_after_reply(super()._handle_connect(eio_sid, namespace, data))
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace or "/")
+        if sid is not None and self.manager.is_connected(sid, namespace or "/"):
+            deadline = self._join_deadlines.pop(eio_sid, None)
+            if deadline is not None:
+                deadline.cancel()
+
+    async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any,
+                                     namespace: str, id: Any) -> None:
+        await self._with_after_reply(
+            super()._handle_event_internal(server, sid, eio_sid, data, namespace, id))
+
+    async def _with_after_reply(self, handling: Awaitable[None]) -> None:
+        hooks: list[Hook] = []
+        token = _after_reply.set(hooks)
+        try:
+            await handling
+        finally:
+            _after_reply.reset(token)
+            for hook in hooks:
+                try:
+                    await hook()
+                except Exception:
+                    self.logger.exception("after-reply hook failed")
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        loop = asyncio.get_running_loop()
+        self._join_deadlines[eio_sid] = loop.call_later(
+            self.connect_timeout, self._close_unjoined, eio_sid)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        deadline = self._join_deadlines.pop(eio_sid, None)
+        if deadline is not None:
+            deadline.cancel()
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+    def _close_unjoined(self, eio_sid: str) -> None:
+        self._join_deadlines.pop(eio_sid, None)
+        if self.manager.sid_from_eio_sid(eio_sid, "/") is None:
+            self.start_background_task(self._close_quietly, eio_sid)
+
+    async def _close_quietly(self, eio_sid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.eio.disconnect(eio_sid)
