@@ -40,10 +40,15 @@ _BY_ID = Query(select(*_COLUMNS).where(User.id == bindparam("user_id")))
 async def user_from_token(reader: asyncpg.Connection, token: str, *, secret: str) -> CurrentUser:
     """The user behind an access token, if it is valid and not revoked."""
     claims = decode_access_token(token, secret=secret)
-    row = await _BY_ID.fetchrow(reader, user_id=claims.user_id)
+    return await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
+
+
+async def load_user(reader: asyncpg.Connection, *, user_id: uuid.UUID, token_version: int) -> CurrentUser:
+    """The user as the database knows it now, if active and signed in with this token version."""
+    row = await _BY_ID.fetchrow(reader, user_id=user_id)
     if row is None or not row["is_active"]:
         raise Unauthorized("The access token is invalid")
-    if row["token_version"] != claims.token_version:
+    if row["token_version"] != token_version:
         raise TokenRevoked("This session has been signed out; sign in again")
     return CurrentUser(row["id"], row["email"], row["display_name"], row["email_verified"],
                        row["token_version"], row["created_at"])

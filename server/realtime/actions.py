@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from db.models import User
 from server.auth.current_user import CurrentUser
-from server.errors import TokenRevoked, Unauthorized
+from server.content import service as content_service
+from server.content.schemas import GenerateImageIn, GenerateVideoIn
+from server.errors import ValidationFailed
+from server.json_io import parse
 
 if TYPE_CHECKING:
     from server.realtime.server import Realtime
@@ -61,22 +62,6 @@ def action(name: str, *, body: type[BaseModel] | None = None,
     return register
 
 
-async def current_user(session: AsyncSession, *, user_id: uuid.UUID,
-                       token_version: int) -> CurrentUser:
-    """The socket's user as the database knows it now (verified email, name...)."""
-    row = (await session.execute(
-        select(User.id, User.email, User.display_name, User.email_verified,
-               User.token_version, User.created_at, User.is_active)
-        .where(User.id == user_id)
-    )).one_or_none()
-    if row is None or not row.is_active:
-        raise Unauthorized("The account is no longer active")
-    if row.token_version != token_version:
-        raise TokenRevoked("This session has been signed out; sign in again")
-    return CurrentUser(row.id, row.email, row.display_name, row.email_verified,
-                       row.token_version, row.created_at)
-
-
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     last_event_id: str
@@ -93,3 +78,29 @@ async def replay_events(ctx: ActionContext, body: ReplayIn) -> dict[str, Any]:
     """Every event after `last_event_id`, in order; live ones follow the ack, none twice."""
     events = await ctx.realtime.replay_through_ack(ctx.sid, ctx.user.id, body.last_event_id)
     return {"events": [{"event": name, "data": payload} for name, payload in events]}
+
+
+class CancelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content_id: uuid.UUID
+
+
+@action("content.generate")
+async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
+    """Queue a generation: {kind: image|video, ...the REST body}; answers the queued content."""
+    if not isinstance(body, dict) or body.get("kind") not in ("image", "video"):
+        raise ValidationFailed("kind must be image or video",
+                               details=[{"field": "kind", "message": "must be image or video"}])
+    fields = {k: v for k, v in body.items() if k != "kind"}
+    request = parse(GenerateVideoIn if body["kind"] == "video" else GenerateImageIn, fields)
+    res = ctx.resources
+    await res.rate_limiter.hit("generation", f"user:{ctx.user.id}")
+    return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
+                                                   queue=res.queue, storage=res.storage)
+
+
+@action("content.cancel", body=CancelIn)
+async def cancel_content(ctx: ActionContext, body: CancelIn) -> dict[str, Any]:
+    """Stop a queued or processing generation and refund it; answers the canceled content."""
+    return await content_service.cancel(ctx.session, user_id=ctx.user.id, content_id=body.content_id,
+                                        storage=ctx.resources.storage)

@@ -13,11 +13,11 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from db.session import transaction
 from server import keys
-from server.auth.current_user import user_from_token
+from server.auth.current_user import load_user, user_from_token
 from server.config import Settings
 from server.errors import DomainError, InternalError, NotFound, RateLimited, Unauthorized
 from server.json_io import parse
-from server.realtime.actions import ACTIONS, Action, ActionContext, current_user
+from server.realtime.actions import ACTIONS, Action, ActionContext
 from server.realtime.connections import Connection
 from server.realtime.manager import UserRoomManager, event_key
 from server.realtime.publisher import EVENT_ID, user_room
@@ -145,9 +145,11 @@ class Realtime:
         try:
             body = parse(act.body, {} if data is None else data) if act.body else data
             if act.transaction:
+                # The user as they are now (e.g. verified since connecting, or signed out).
+                async with resources.reader.acquire() as reader:
+                    user = await load_user(reader, user_id=conn.user.id,
+                                           token_version=conn.user.token_version)
                 async with transaction(resources.sessionmaker) as session:
-                    user = await current_user(session, user_id=conn.user.id,
-                                              token_version=conn.user.token_version)
                     result = await act.handler(ActionContext(sid, user, resources, session, self), body)
             else:
                 result = await act.handler(ActionContext(sid, conn.user, resources, None, self), body)
