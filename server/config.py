@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     socketio_ping_timeout_seconds: float = 20.0
     gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
     socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
-    worker_poll_delay_seconds: float = 0.05
+    worker_poll_delay_seconds: float = 0.02
 
     generation_max_attempts: int = Field(3, ge=1, le=10)
     generation_lease_seconds: int = Field(60, ge=1)  # a job renews it; past it the sweep takes over
