@@ -35,7 +35,6 @@ from server.adapters.storage.base import (
 )
 from server.content.queries import COLUMNS, render
 from server.content.service import refund_generation
-from server.logs import request_id
 from server.media import thumbnail_jpeg, video_first_frame_jpeg
 from server.realtime.events import GenerationCompleted, GenerationFailed, GenerationProgress
 from server.realtime.publisher import notify
@@ -249,7 +248,6 @@ async def fail_generation(res: Resources, *, content_id: uuid.UUID, error: str,
 
 async def run_generation(ctx: dict[str, Any], content_id: str, *, timeout: float) -> str:
     res: Resources = ctx["res"]
-    request_id.set(f"job-{ctx.get('job_id', content_id)}")
     run = GenerationRun(res, uuid.UUID(content_id), timeout=timeout)
     outcome = "skipped"
     try:

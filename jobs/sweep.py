@@ -20,6 +20,7 @@ from db.models import GeneratedContent as C
 from db.session import transaction
 from jobs.generation import fail_generation
 from server.content.service import JOB_FOR_KIND
+from server.queueing import enqueue
 from server.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ async def _requeue(res: Resources, *, content_id, kind: str, reason: str) -> Non
     job_id = f"{content_id}:{reason}{int(time.time() * 1000)}"
     async with transaction(res.sessionmaker) as session:
         await session.execute(update(C).where(C.id == content_id).values(job_id=job_id))
-    await res.queue.enqueue_job(JOB_FOR_KIND[kind], str(content_id), _job_id=job_id)
+    await enqueue(res.queue, JOB_FOR_KIND[kind], str(content_id), job_id=job_id)
     log.warning("sweep re-enqueued %s content %s as %s", kind, content_id, job_id)
 
 

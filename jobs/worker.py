@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import logging
+import time
 from contextlib import AsyncExitStack
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
+from server import logs
 from server.config import Settings
 from server.resources import open_resources
+
+log = logging.getLogger("jobs")
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -22,12 +29,34 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["stack"].aclose()
 
 
+def traced(coroutine: Any) -> Any:
+    """Run a job under the request id that enqueued it (server/queueing.py), else its job id."""
+
+    @functools.wraps(coroutine)
+    async def run(ctx: dict[str, Any], *args: Any, request_id: str | None = None, **kwargs: Any) -> Any:
+        rid = request_id or f"job-{ctx.get('job_id')}"
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await coroutine(ctx, *args, **kwargs)
+            outcome = "done"
+            return result
+        finally:
+            log.info("job %s (%s) %s in %.0f ms", coroutine.__name__, ctx.get("job_id"), outcome,
+                     (time.perf_counter() - started) * 1000, extra={"request_id": rid})
+            logs.request_id.reset(token)
+
+    return run
+
+
 def job_functions(settings: Settings) -> list[Any]:
     from jobs.avatars import AVATAR_JOB
     from jobs.email import EMAIL_JOB
     from jobs.generation import generation_jobs
 
-    return [EMAIL_JOB, AVATAR_JOB, *generation_jobs(settings)]
+    functions = [EMAIL_JOB, AVATAR_JOB, *generation_jobs(settings)]
+    return [dataclasses.replace(f, coroutine=traced(f.coroutine)) for f in functions]
 
 
 def cron_jobs(settings: Settings) -> list[Any]:

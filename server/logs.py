@@ -21,7 +21,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id.get()
+        rid = getattr(record, "request_id", None) or request_id.get()
         if rid:
             entry["request_id"] = rid
         for key in ("user_id", "content_id", "event", "status", "method", "path", "duration_ms"):

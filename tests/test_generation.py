@@ -233,3 +233,20 @@ async def test_generation_rate_limit(settings, worker) -> None:
     finally:
         await api.close()
         await server.close()
+
+
+async def test_the_request_id_reaches_the_job_logs(api: Api, worker, settings, caplog) -> None:
+    import logging
+
+    user = await verified_user(api, settings.data_dir / "outbox")
+    caplog.set_level(logging.INFO, logger="jobs")
+    queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "traced"},
+                            headers={"X-Request-ID": "trace-0123456789"})
+    assert queued.headers["X-Request-ID"] == "trace-0123456789"
+    await wait_for_content(api, user, queued.body["id"])
+    for _ in range(50):
+        runs = [r for r in caplog.records if r.name == "jobs" and "generate_image" in r.getMessage()]
+        if runs:
+            break
+        await asyncio.sleep(0.05)
+    assert runs and runs[0].request_id == "trace-0123456789"

@@ -33,6 +33,7 @@ from server.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from server.queueing import enqueue
 from server.realtime.sessions import revoke_sockets
 
 VERIFY_TTL = timedelta(hours=24)
@@ -103,8 +104,8 @@ async def _issue_email_token(
 
 
 def _send_later(session: AsyncSession, queue: ArqRedis, message: emails.Message) -> None:
-    after_commit(session, lambda: queue.enqueue_job(
-        "send_email", to=message.to, subject=message.subject, text=message.text
+    after_commit(session, lambda: enqueue(
+        queue, "send_email", to=message.to, subject=message.subject, text=message.text
     ))
 
 

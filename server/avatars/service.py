@@ -25,6 +25,7 @@ from server.billing.queries import subscription_and_plan
 from server.credits import ledger
 from server.credits.costs import cost_of
 from server.errors import AvatarLimitReached, Conflict, NotFound
+from server.queueing import enqueue
 from server.realtime.events import AvatarUpdated
 from server.realtime.publisher import notify
 
@@ -49,9 +50,9 @@ def job_id(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None =
 
 async def enqueue_make(queue: ArqRedis, *, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | None = None) -> None:
     """Queue the profile + thumbnail job (a duplicate of a queued job is dropped by arq)."""
-    await queue.enqueue_job(MAKE_AVATAR_JOB, avatar_id=str(avatar_id),
-                            regeneration_id=str(regeneration_id) if regeneration_id else None,
-                            _job_id=job_id(avatar_id, regeneration_id))
+    await enqueue(queue, MAKE_AVATAR_JOB, avatar_id=str(avatar_id),
+                  regeneration_id=str(regeneration_id) if regeneration_id else None,
+                  job_id=job_id(avatar_id, regeneration_id))
 
 
 async def avatar_limit(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:

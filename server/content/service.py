@@ -20,6 +20,7 @@ from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.credits import ledger
 from server.credits.costs import cost_of
 from server.errors import Conflict, NotFound
+from server.queueing import enqueue
 from server.realtime.events import GenerationProgress
 from server.realtime.publisher import notify
 
@@ -38,7 +39,7 @@ def enqueue_after_commit(
     session: AsyncSession, queue: ArqRedis, *, kind: str, content_id: uuid.UUID, job_id: str
 ) -> None:
     """Queue the job once the content row and its charge are committed (the sweep covers a miss)."""
-    after_commit(session, lambda: queue.enqueue_job(JOB_FOR_KIND[kind], str(content_id), _job_id=job_id))
+    after_commit(session, lambda: enqueue(queue, JOB_FOR_KIND[kind], str(content_id), job_id=job_id))
 
 
 async def _own_ready_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID) -> None:
