@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 3001
     public_url: str = ""  # base of links to this API (signed file URLs); defaults to localhost:PORT
-    frontend_url: str = "http://localhost:3000"  # base of links in emails
+    frontend_url: str = ""  # base of links in emails; empty: the links point at this API
     data_dir: Path = Path("./var")
     log_level: str = "INFO"
     log_json: bool = True

@@ -1,4 +1,5 @@
-"""The texts of account emails; links point at the frontend, with the API link for curl."""
+"""The texts of account emails. Links point at the frontend when FRONTEND_URL is set, and
+always include the API form, so `lustify dev` users can follow them with curl."""
 
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ class Message:
 
 
 def verification(settings: Settings, *, to: str, token: str) -> Message:
-    link = f"{settings.frontend_url.rstrip('/')}/verify-email?token={quote(token)}"
     api = f"{settings.base_url}/api/auth/verify-email/{quote(token)}"
-    return Message(to, "Verify your Lustify email address", (
-        "Welcome to Lustify!\n\n"
-        f"Confirm your email address by opening this link (valid for 24 hours):\n{link}\n\n"
-        f"Or call the API directly:\n{api}\n\n"
-        "If you did not sign up, ignore this email.\n"
-    ))
+    lines = ["Welcome to Lustify!", "",
+             "Confirm your email address by opening this link (valid for 24 hours, usable once):"]
+    if settings.frontend_url:
+        lines += [f"{settings.frontend_url.rstrip('/')}/verify-email?token={quote(token)}", "",
+                  "Or call the API directly:"]
+    lines += [api, "", "If you did not sign up, ignore this email."]
+    return Message(to, "Verify your Lustify email address", "\n".join(lines) + "\n")
 
 
 def password_reset(settings: Settings, *, to: str, token: str) -> Message:
-    link = f"{settings.frontend_url.rstrip('/')}/reset-password?token={quote(token)}"
-    return Message(to, "Reset your Lustify password", (
-        "Someone asked to reset the password of this Lustify account.\n\n"
-        f"Choose a new password here (valid for 1 hour, usable once):\n{link}\n\n"
-        f"API token for POST /api/auth/reset-password: {token}\n\n"
-        "If it was not you, ignore this email; your password stays as it is.\n"
-    ))
+    lines = ["Someone asked to reset the password of this Lustify account.", ""]
+    if settings.frontend_url:
+        lines += ["Choose a new password here (valid for 1 hour, usable once):",
+                  f"{settings.frontend_url.rstrip('/')}/reset-password?token={quote(token)}", ""]
+    lines += [f"Reset token (valid for 1 hour, usable once): {token}",
+              f"API: POST {settings.base_url}/api/auth/reset-password "
+              '{"token": "<the token>", "password": "<new password>"}', "",
+              "If it was not you, ignore this email; your password stays as it is."]
+    return Message(to, "Reset your Lustify password", "\n".join(lines) + "\n")
