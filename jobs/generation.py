@@ -41,6 +41,7 @@ from server.realtime.publisher import notify
 from server.resources import Resources
 
 log = logging.getLogger(__name__)
+AVATAR_WAIT_SECONDS = 120  # a generation queued right after its avatar waits for the profile
 
 
 class Superseded(Exception):
@@ -109,14 +110,23 @@ class GenerationRun:
                 content_id=self.content_id, status="processing", progress=progress, stage=stage))
 
     async def _avatar(self) -> tuple[int, dict[str, Any] | None]:
+        """The avatar's seed and profile; waits while the avatar itself is still being created."""
         seed = int.from_bytes(self.content_id.bytes[:6], "big")
         if self.row["avatar_id"] is None:
             return seed, None
-        async with self.res.sessionmaker() as session:
-            avatar = (
-                await session.execute(select(Avatar.seed, Avatar.profile).where(Avatar.id == self.row["avatar_id"]))
-            ).one_or_none()
-        return (avatar.seed, avatar.profile) if avatar else (seed, None)
+        waited = 0.0
+        while True:
+            async with self.res.sessionmaker() as session:
+                avatar = (await session.execute(
+                    select(Avatar.seed, Avatar.profile, Avatar.status).where(Avatar.id == self.row["avatar_id"])
+                )).one_or_none()
+            if avatar is None:  # deleted meanwhile: the generation goes on without it
+                return seed, None
+            if avatar.status != "creating" or waited >= AVATAR_WAIT_SECONDS:
+                return avatar.seed, avatar.profile
+            await self.step("waiting_for_avatar", 5)
+            await asyncio.sleep(0.5)
+            waited += 0.5
 
     async def produce(self) -> Produced:
         ai, row = self.res.ai, self.row

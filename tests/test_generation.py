@@ -250,3 +250,21 @@ async def test_the_request_id_reaches_the_job_logs(api: Api, worker, settings, c
             break
         await asyncio.sleep(0.05)
     assert runs and runs[0].request_id == "trace-0123456789"
+
+
+async def test_generation_queued_while_its_avatar_is_being_created_waits_for_it(api: Api, settings) -> None:
+    async with running_worker(settings):
+        user = await verified_user(api, settings.data_dir / "outbox")
+    avatar = await api.post("/api/avatars", token=user.access_token,
+                            json={"name": "Ines", "age": 31, "description": "a sculptor"})
+    assert avatar.status == 202 and avatar.body["status"] == "creating"
+    queued = await api.post("/api/content/generate/image", token=user.access_token,
+                            json={"prompt": "in her studio", "avatar_id": avatar.body["id"]})
+    assert queued.status == 202
+    async with running_worker(settings):
+        done = await wait_for_content(api, user, queued.body["id"])
+    assert done["status"] == "completed" and done["avatar_id"] == avatar.body["id"]
+    ready = await api.get(f"/api/avatars/{avatar.body['id']}", token=user.access_token)
+    assert ready.body["status"] == "ready"
+    assert ready.body["profile"]["identity"] in done["enhanced_prompt"]  # the profile reached the prompt
+    assert ready.body["content_count"] == 1

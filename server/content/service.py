@@ -42,15 +42,16 @@ def enqueue_after_commit(
     after_commit(session, lambda: enqueue(queue, JOB_FOR_KIND[kind], str(content_id), job_id=job_id))
 
 
-async def _own_ready_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID) -> None:
+async def _own_usable_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID) -> None:
+    """The user's avatar, ready or still being created (the job waits for it); not a failed one."""
     status = (
         await session.execute(select(Avatar.status).where(Avatar.id == avatar_id, Avatar.user_id == user_id))
     ).scalar_one_or_none()
     if status is None:
         raise NotFound("Avatar not found", details=[{"field": "avatar_id", "message": "not found"}])
-    if status != "ready":
-        raise Conflict(f"The avatar is {status}, not ready",
-                       details=[{"field": "avatar_id", "message": f"avatar is {status}"}])
+    if status == "failed":
+        raise Conflict("The avatar failed to be created; regenerate or delete it",
+                       details=[{"field": "avatar_id", "message": "avatar is failed"}])
 
 
 async def _own_completed_image(session: AsyncSession, *, user_id: uuid.UUID, content_id: uuid.UUID) -> None:
@@ -74,7 +75,7 @@ async def create_generation(
     moderation.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
     kind = "video" if isinstance(request, GenerateVideoIn) else "image"
     if request.avatar_id is not None:
-        await _own_ready_avatar(session, user_id=user.id, avatar_id=request.avatar_id)
+        await _own_usable_avatar(session, user_id=user.id, avatar_id=request.avatar_id)
     params: dict[str, Any] = {"aspect_ratio": request.aspect_ratio}
     if isinstance(request, GenerateVideoIn):
         params["duration_seconds"] = request.duration_seconds
