@@ -5,17 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from server.adapters.errors import UpstreamError
+
 VideoState = Literal["pending", "done", "failed", "expired"]
 
 
-class ProviderError(Exception):
-    """A provider call failed. `transient` errors (429, 5xx, timeouts) are worth retrying."""
-
-    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
-        self.status = status
+class ProviderError(UpstreamError):
+    """An AI provider call failed."""
 
 
 @dataclass(frozen=True)

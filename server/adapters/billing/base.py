@@ -12,15 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from server.adapters.errors import UpstreamError
 
-class BillingError(Exception):
-    """The provider refused or failed a call; `transient` ones are worth retrying later."""
 
-    def __init__(self, message: str, *, transient: bool, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.transient = transient
-        self.status = status
+class BillingError(UpstreamError):
+    """The payment provider refused or failed a call."""
 
 
 @dataclass(frozen=True)
