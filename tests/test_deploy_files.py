@@ -30,6 +30,9 @@ def test_compose_services_profiles_and_healthchecks() -> None:
     assert services["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["app"]["command"] == ["lustify", "serve"]
     assert services["worker"]["command"] == ["lustify", "worker"]
+    # Local storage (no S3): the worker writes files the app serves, so they share a volume.
+    assert "app_data:/data" in services["app"]["volumes"] and "app_data:/data" in services["worker"]["volumes"]
+    assert "app_data" in compose["volumes"]
 
 
 def test_dockerfile_is_slim_and_non_root() -> None:
