@@ -55,10 +55,11 @@ class Produced:
 
 
 class GenerationRun:
-    def __init__(self, res: Resources, content_id: uuid.UUID, *, timeout: float) -> None:
+    def __init__(self, res: Resources, content_id: uuid.UUID, *, job_id: str, timeout: float) -> None:
         self.res = res
         self.settings = res.settings
         self.content_id = content_id
+        self.job_id = job_id  # only the job the row names may run it (retries and takeovers rename it)
         self.timeout = timeout
         self.started = time.monotonic()
         self.attempt = 0
@@ -66,7 +67,8 @@ class GenerationRun:
         self.written: list[str] = []
 
     def _mine(self):
-        return (C.id == self.content_id, C.status == "processing", C.attempts == self.attempt)
+        return (C.id == self.content_id, C.status == "processing", C.attempts == self.attempt,
+                C.job_id == self.job_id)
 
     async def claim(self) -> bool:
         """Take the row: queued, or processing with an expired lease (a dead run's)."""
@@ -75,7 +77,7 @@ class GenerationRun:
             row = (
                 await session.execute(
                     update(C)
-                    .where(C.id == self.content_id,
+                    .where(C.id == self.content_id, C.job_id == self.job_id,
                            C.attempts < self.settings.generation_max_attempts,  # then the sweep fails it
                            or_(C.status == "queued",
                                (C.status == "processing") & (C.deadline_at < sql.now())))
@@ -92,6 +94,19 @@ class GenerationRun:
             notify(session, row["user_id"], GenerationProgress(
                 content_id=self.content_id, status="processing", progress=row["progress"], stage="starting"))
         return True
+
+    async def keep_lease(self) -> None:
+        """Renew the lease while the run lives, also during long provider calls."""
+        lease = self.settings.generation_lease_seconds
+        while True:
+            await asyncio.sleep(max(0.5, lease / 3))
+            async with transaction(self.res.sessionmaker) as session:
+                renewed = (await session.execute(
+                    update(C).where(*self._mine())
+                    .values(deadline_at=sql.now() + timedelta(seconds=lease)).returning(C.id)
+                )).scalar_one_or_none()
+            if renewed is None:
+                return  # canceled or taken over: the next step() notices
 
     async def step(self, stage: str, progress: int, **values: Any) -> None:
         """Persist progress (renewing the lease) and tell the user; Superseded if not ours."""
@@ -226,16 +241,19 @@ class GenerationRun:
                                   .values(stage="retrying", error=error, deadline_at=sql.now()))
 
     async def fail(self, error: str) -> None:
-        await fail_generation(self.res, content_id=self.content_id, error=error, attempt=self.attempt)
+        await fail_generation(self.res, content_id=self.content_id, error=error, attempt=self.attempt,
+                              job_id=self.job_id)
 
 
 async def fail_generation(res: Resources, *, content_id: uuid.UUID, error: str,
-                          attempt: int | None = None) -> bool:
+                          attempt: int | None = None, job_id: str | None = None) -> bool:
     """processing/queued -> failed, the charge refunded once, the user told."""
     async with transaction(res.sessionmaker) as session:
         where = [C.id == content_id, C.status.in_(("queued", "processing"))]
         if attempt is not None:
             where.append(C.attempts == attempt)
+        if job_id is not None:
+            where.append(C.job_id == job_id)
         row = (
             await session.execute(
                 update(C).where(*where)
@@ -258,11 +276,13 @@ async def fail_generation(res: Resources, *, content_id: uuid.UUID, error: str,
 
 async def run_generation(ctx: dict[str, Any], content_id: str, *, timeout: float) -> str:
     res: Resources = ctx["res"]
-    run = GenerationRun(res, uuid.UUID(content_id), timeout=timeout)
+    run = GenerationRun(res, uuid.UUID(content_id), job_id=ctx.get("job_id") or content_id, timeout=timeout)
     outcome = "skipped"
+    heartbeat: asyncio.Task | None = None
     try:
         if not await run.claim():
             return outcome
+        heartbeat = asyncio.create_task(run.keep_lease())
         produced = await run.produce()
         outcome = "completed" if await run.complete(produced) else "discarded"
         if outcome == "discarded":
@@ -301,6 +321,8 @@ async def run_generation(ctx: dict[str, Any], content_id: str, *, timeout: float
         await run.fail("The generation failed because of an internal error")
         return outcome
     finally:
+        if heartbeat is not None:
+            heartbeat.cancel()
         await record_outcome(res, kind=run.row.get("type", "unknown"), outcome=outcome,
                              seconds=time.monotonic() - run.started)
 

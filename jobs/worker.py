@@ -40,7 +40,7 @@ def traced(coroutine: Any) -> Any:
         outcome = "failed"
         try:
             result = await coroutine(ctx, *args, **kwargs)
-            outcome = "done"
+            outcome = result if isinstance(result, str) else "done"
             return result
         finally:
             log.info("job %s (%s) %s in %.0f ms", coroutine.__name__, ctx.get("job_id"), outcome,

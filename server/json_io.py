@@ -53,8 +53,39 @@ async def read_json(request: web.Request) -> Any:
         ) from exc
 
 
+def _nul_paths(value: Any, path: str = "") -> list[str]:
+    """Where a NUL character hides in decoded input (PostgreSQL text cannot hold one)."""
+    if isinstance(value, str):
+        return [path or "body"] if "\x00" in value else []
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str) and "\x00" in key:
+                found.append(where)
+            found += _nul_paths(item, where)
+        return found
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_paths(item, f"{path}.{i}" if path else str(i))]
+    return []
+
+
 def parse(model: type[M], data: Any) -> M:
+    """Validate input into `model`; every failure is a 400 with field details."""
+    bad = _nul_paths(data)
+    if bad:
+        raise ValidationFailed("Text must not contain NUL characters",
+                               details=[{"field": field, "message": "contains a NUL character"} for field in bad])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ValidationFailed(details=field_errors(exc.errors(include_url=False))) from exc
+
+
+def refuse_body(data: Any) -> None:
+    """Routes that take no body refuse one, as they refuse unknown fields."""
+    if data in ({}, None):
+        return
+    fields = list(data) if isinstance(data, dict) else ["body"]
+    raise ValidationFailed("This endpoint takes no request body",
+                           details=[{"field": str(f), "message": "Unknown field"} for f in fields])

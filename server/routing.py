@@ -21,7 +21,7 @@ from db.session import transaction
 from server import keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
-from server.json_io import json_response, parse, read_json
+from server.json_io import json_response, parse, read_json, refuse_body
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -115,6 +115,8 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             kwargs["query"] = parse(spec.query, dict(request.query))
         if spec.body is not None:
             kwargs["body"] = parse(spec.body, await read_json(request))
+        elif not spec.raw_body and request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            refuse_body(await read_json(request))
         if "session" not in wants:
             return await spec.handler(**kwargs)
         # The transaction opens only now, after auth, limits and parsing: it stays short.

@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from tests.conftest import start_app
-from tests.support.api import Api, verify_token_from
+from tests.support.api import Api, emails_in, verify_token_from, wait_for_email
 from tests.support.smtp import SmtpServer
 from tests.support.workers import running_worker
 
@@ -198,11 +198,15 @@ async def test_profile_update_rules(api: Api, worker, settings) -> None:
     fresh = changed.body["tokens"]["access_token"]
     assert (await api.get("/api/auth/profile", token=fresh)).status == 200
     new_email = f"moved-{uuid.uuid4().hex[:8]}@example.com"
-    moved = await api.put("/api/auth/profile", token=fresh, json={"email": new_email})
+    no_password = await api.put("/api/auth/profile", token=fresh, json={"email": new_email})
+    assert no_password.status == 400 and no_password.body["details"][0]["field"] == "current_password"
+    moved = await api.put("/api/auth/profile", token=fresh, json={"email": new_email,
+                                                                  "current_password": "another-pass"})
     assert moved.status == 200
     assert moved.body["user"]["email"] == new_email and moved.body["user"]["email_verified"] is False
     other = await api.register()
-    taken = await api.put("/api/auth/profile", token=fresh, json={"email": other.email})
+    taken = await api.put("/api/auth/profile", token=fresh, json={"email": other.email,
+                                                                  "current_password": "another-pass"})
     assert taken.status == 409
 
 
@@ -282,3 +286,48 @@ def test_email_links_point_at_the_frontend_when_configured_and_always_at_the_api
     assert f"{settings.base_url}/api/auth/verify-email/tok-123" in with_frontend.text
     reset = emails.password_reset(settings, to="a@example.com", token="rst-456")
     assert "rst-456" in reset.text and "/api/auth/reset-password" in reset.text
+
+
+async def test_bad_input_is_400_and_never_500(api: Api) -> None:
+    user = await api.register()
+    nul = await api.put("/api/auth/profile", token=user.access_token, json={"display_name": "a\u0000b"})
+    assert nul.status == 400 and nul.body["details"][0]["field"] == "display_name"
+    nul_key = await api.post("/api/avatars", token=user.access_token,
+                             json={"name": "x", "age": 30, "appearance": {"ha\u0000ir": "red"}})
+    assert nul_key.status == 400 and nul_key.body["details"][0]["field"] == "appearance.ha\x00ir"
+    assert (await api.get("/api/avatars?search=%00", token=user.access_token)).status == 400
+    null_password = await api.put("/api/auth/profile", token=user.access_token,
+                                  json={"new_password": None, "current_password": user.password})
+    assert null_password.status == 200
+    for zone in ("localtime", "posixrules", "posix/UTC", "right/UTC", "Nowhere/City"):
+        tz = await api.get(f"/api/dashboard/analytics?timeframe=7d&tz={zone}", token=user.access_token)
+        assert tz.status == 400 and tz.body["details"][0]["field"] == "tz", zone
+        saved = await api.put("/api/auth/profile", token=user.access_token, json={"timezone": zone})
+        assert saved.status == 400, zone
+    body_on_bodyless = await api.post("/api/auth/resend-verification", token=user.access_token, json={"foo": 1})
+    assert body_on_bodyless.status == 400 and body_on_bodyless.body["details"][0]["field"] == "foo"
+    assert (await api.post("/api/auth/resend-verification", token=user.access_token)).status == 202
+    malformed = await api.post("/api/auth/login", json={"email": "not-an-email", "password": "whatever-pass"})
+    assert malformed.status == 401 and malformed.body["error"] == "invalid_credentials"
+
+
+async def test_passwords_are_taken_exactly_as_typed(api: Api) -> None:
+    user = await api.register(password="  spaced out password  ")
+    trimmed = await api.post("/api/auth/login", json={"email": user.email, "password": "spaced out password"})
+    assert trimmed.status == 401
+    exact = await api.post("/api/auth/login", json={"email": user.email, "password": "  spaced out password  "})
+    assert exact.status == 200
+
+
+async def test_a_reset_link_sent_to_an_old_address_dies_with_the_email_change(api: Api, worker, settings) -> None:
+    user = await api.register()
+    assert (await api.post("/api/auth/forgot-password", json={"email": user.email})).status == 202
+    await wait_for_email(settings.data_dir / "outbox", user.email, count=2)
+    reset_mail = next(m for m in emails_in(settings.data_dir / "outbox", user.email)
+                      if m["Subject"].startswith("Reset"))
+    moved = await api.put("/api/auth/profile", token=user.access_token, json={
+        "email": f"new-{uuid.uuid4().hex[:8]}@example.com", "current_password": user.password})
+    assert moved.status == 200
+    stale = await api.post("/api/auth/reset-password", json={"token": _reset_token(reset_mail),
+                                                             "password": "attacker-password"})
+    assert stale.status == 400 and stale.body["error"] == "invalid_token"

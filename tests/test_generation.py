@@ -268,3 +268,29 @@ async def test_generation_queued_while_its_avatar_is_being_created_waits_for_it(
     assert ready.body["status"] == "ready"
     assert ready.body["profile"]["identity"] in done["enhanced_prompt"]  # the profile reached the prompt
     assert ready.body["content_count"] == 1
+
+
+async def test_a_canceled_run_cannot_finish_the_retry_that_replaced_it(api: Api, settings, app_server,
+                                                                      caplog) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="jobs")
+    slow = settings.model_copy(update={"local_ai_delay_ms": 1200})
+    async with running_worker(slow):
+        user = await verified_user(api, settings.data_dir / "outbox")
+        queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "twice"})
+        await _processing(api, user, queued.body["id"])
+        await api.post(f"/api/content/{queued.body['id']}/cancel", token=user.access_token)
+        retried = await api.post(f"/api/content/{queued.body['id']}/retry", token=user.access_token)
+        assert retried.status == 202
+        done = await wait_for_content(api, user, queued.body["id"], timeout=30)
+        await asyncio.sleep(1.5)  # the canceled run's provider call returns meanwhile
+    assert done["status"] == "completed"
+    events = await history(app_server.app[keys.resources].publisher, user.id)
+    completed = [p for name, p in events if name == "generation.completed"]
+    assert len(completed) == 1
+    assert len(_files_of(settings.data_dir, queued.body["id"])) == 2  # one image + thumbnail: the retry's
+    assert await balance(api, user) == 20  # first charge refunded on cancel, the retry charged once
+    runs = {r.args[1]: r.args[2] for r in caplog.records if r.name == "jobs" and r.args[0] == "generate_image"}
+    assert runs[f"{queued.body['id']}:retry1"] == "completed"  # the retry's own run finished it
+    assert runs[queued.body["id"]] == "discarded"  # the canceled run threw its result away

@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, StringConstraints, field_validator
 
 from server.schemas import Input, Output, known_time_zone
 
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 MIN_AGE = 18
+# Passwords are taken exactly as typed: surrounding spaces are part of them.
+Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=8, max_length=128)]
+AnyPassword = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=1024)]
 
 
 def normalize_email(value: str) -> str:
@@ -36,7 +39,7 @@ class EmailField(Input):
 
 
 class RegisterIn(EmailField):
-    password: str = Field(min_length=8, max_length=128)
+    password: Password
     display_name: str | None = Field(None, min_length=1, max_length=100)
     date_of_birth: date
 
@@ -51,8 +54,15 @@ class RegisterIn(EmailField):
         return value
 
 
-class LoginIn(EmailField):
-    password: str = Field(min_length=1, max_length=1024)
+class LoginIn(Input):
+    # Any string: a malformed address is just an unknown one (401, like a wrong password).
+    email: str = Field(max_length=320)
+    password: AnyPassword
+
+    @field_validator("email")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        return value.strip().lower()
 
 
 class RefreshIn(Input):
@@ -65,15 +75,15 @@ class ForgotPasswordIn(EmailField):
 
 class ResetPasswordIn(Input):
     token: str = Field(min_length=1, max_length=512)
-    password: str = Field(min_length=8, max_length=128)
+    password: Password
 
 
 class ProfileUpdateIn(Input):
     display_name: str | None = Field(None, min_length=1, max_length=100)
     email: str | None = Field(None, max_length=320)
     timezone: str | None = Field(None, max_length=64)
-    current_password: str | None = Field(None, max_length=1024)
-    new_password: str | None = Field(None, min_length=8, max_length=128)
+    current_password: AnyPassword | None = None
+    new_password: Password | None = None
 
     @field_validator("email")
     @classmethod

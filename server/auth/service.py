@@ -265,6 +265,9 @@ async def reset_password(
 ) -> dict[str, Any]:
     """New password; every refresh family and every older access token stops working."""
     record = await _consume_email_token(session, token=token, purpose="reset_password")
+    current = (await session.execute(select(User.email).where(User.id == record.user_id))).scalar_one_or_none()
+    if current != record.email:  # sent to an address the account no longer has
+        raise InvalidToken()
     password_hash = await hash_password(password, rounds=settings.bcrypt_rounds)
     await session.execute(
         update(User).where(User.id == record.user_id)
@@ -295,23 +298,24 @@ async def update_profile(
     user = await session.get(User, user_id, with_for_update=True)
     if user is None:
         raise Unauthorized()
-    changes = data.model_dump(exclude_unset=True)
+    email_change = data.email is not None and data.email != user.email
+    if (data.new_password is not None or email_change) and not (
+            data.current_password and await verify_password(data.current_password, user.password_hash)):
+        raise ValidationFailed("Changing the password or email needs the current password",
+                               details=[{"field": "current_password", "message": "missing or incorrect"}])
     result: dict[str, Any] = {}
-    if "new_password" in changes:
-        if not data.current_password or not await verify_password(data.current_password, user.password_hash):
-            raise ValidationFailed("The current password is incorrect",
-                                   details=[{"field": "current_password", "message": "incorrect"}])
+    if data.new_password is not None:
         user.password_hash = await hash_password(data.new_password, rounds=settings.bcrypt_rounds)
         user.token_version += 1
         await _revoke_all_refresh(session, user.id)
         revoke_sockets(session, user.id)
         await activity.record(session, user_id=user.id, type="account.password_changed",
                               message="Your password was changed; other sessions were signed out")
-    if "display_name" in changes and data.display_name is not None:
+    if data.display_name is not None:
         user.display_name = data.display_name
-    if "timezone" in changes:
+    if "timezone" in data.model_fields_set:
         user.timezone = data.timezone
-    if data.email is not None and data.email != user.email:
+    if email_change:
         taken = (await session.execute(select(func.count()).select_from(User).where(User.email == data.email))).scalar_one()
         if taken:
             raise Conflict("An account with this email already exists",
@@ -319,13 +323,19 @@ async def update_profile(
         user.email = data.email
         user.email_verified = False
         user.email_verified_at = None
+        # Links mailed to the old address must not work for the new one.
+        await session.execute(
+            update(AuthToken)
+            .where(AuthToken.user_id == user.id, AuthToken.purpose == "reset_password", AuthToken.used_at.is_(None))
+            .values(used_at=_now())
+        )
         token = await _issue_email_token(session, user_id=user.id, email=data.email,
                                          purpose="verify_email", ttl=VERIFY_TTL)
         _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
         await activity.record(session, user_id=user.id, type="account.email_changed",
                               message="Your email address changed; please verify it")
     await session.flush()
-    if "new_password" in changes:
+    if data.new_password is not None:
         fresh = await _start_session(session, user_id=user.id, token_version=user.token_version,
                                      settings=settings)
         result["tokens"] = fresh.body()["tokens"]

@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ActivityEvent, User
@@ -16,6 +17,7 @@ from server.content.queries import COLUMNS as CONTENT_COLUMNS
 from server.content.queries import render
 from server.credits.costs import cost_of
 from server.credits.queries import get_credits
+from server.errors import ValidationFailed
 
 TIMEFRAME_DAYS = {"7d": 7, "30d": 30, "90d": 90}
 USER_COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.created_at, User.timezone)
@@ -94,7 +96,13 @@ async def analytics(session: AsyncSession, *, user_id: uuid.UUID, timeframe: str
     if tz is None:
         tz = (await session.execute(select(User.timezone).where(User.id == user_id))).scalar_one_or_none() or "UTC"
     params = {"user_id": user_id, "tz": tz, "days": TIMEFRAME_DAYS[timeframe]}
-    series = [dict(r) for r in (await session.execute(_SERIES, params)).mappings()]
+    try:
+        series = [dict(r) for r in (await session.execute(_SERIES, params)).mappings()]
+    except DBAPIError as exc:  # a zone Python knows but this PostgreSQL does not
+        if "time zone" not in str(exc.orig):
+            raise
+        raise ValidationFailed(f"Unknown time zone {tz!r}",
+                               details=[{"field": "tz", "message": "unknown time zone"}]) from exc
     totals = {key: sum(day[key] for day in series)
               for key in ("credits_spent", "images", "videos", "failed", "credits_refunded")}
     for day in series:
