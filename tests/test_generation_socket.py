@@ -4,6 +4,7 @@ receive the finished content, see the balance change once; cancel through the so
 from __future__ import annotations
 
 import io
+import uuid
 from urllib.parse import urlsplit
 
 from PIL import Image
@@ -82,5 +83,27 @@ async def test_cancel_over_the_socket_refunds_and_tells_the_user(api: Api, app_s
         again = await client.call("content.cancel", {"content_id": queued["id"]})
         assert again["ok"] is False and again["error"]["error"] == "conflict"
         assert await balance(api, user) == 25
+    finally:
+        await client.close()
+
+
+async def test_actions_stop_when_the_connections_token_expires(api: Api, app_server, settings) -> None:
+    import asyncio
+
+    from server.auth.tokens import issue_access_token
+
+    async with running_worker(settings):
+        user = await verified_user(api, settings.data_dir / "outbox")
+    short = issue_access_token(user_id=uuid.UUID(user.id), token_version=0,
+                               secret=settings.jwt_secret.get_secret_value(), ttl=1)
+    client = SocketClient()
+    await client.connect(api.base_url, token=short)
+    try:
+        assert (await client.call("content.generate", {"kind": "image", "prompt": "in time"}))["ok"] is True
+        await asyncio.sleep(1.2)
+        late = await client.call("content.generate", {"kind": "image", "prompt": "too late"})
+        assert late["ok"] is False and late["error"]["error"] == "token_expired"
+        assert (await client.call("ping"))["ok"] is True  # reading and pinging go on until reconnect
+        assert await balance(api, user) == 20
     finally:
         await client.close()

@@ -8,10 +8,11 @@ WINDOW_SECONDS = 10.0
 
 
 class Connection:
-    __slots__ = ("user", "window_start", "window_events")
+    __slots__ = ("user", "expires_at", "window_start", "window_events")
 
-    def __init__(self, user: CurrentUser) -> None:
+    def __init__(self, user: CurrentUser, *, expires_at: float) -> None:
         self.user = user
+        self.expires_at = expires_at  # the access token's expiry: actions stop there
         self.window_start = 0.0
         self.window_events = 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +15,16 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 from db.session import transaction
 from server import keys
 from server.auth.current_user import load_user, user_from_token
+from server.auth.tokens import decode_access_token
 from server.config import Settings
-from server.errors import DomainError, InternalError, NotFound, RateLimited, Unauthorized
+from server.errors import (
+    DomainError,
+    InternalError,
+    NotFound,
+    RateLimited,
+    TokenExpired,
+    Unauthorized,
+)
 from server.json_io import parse
 from server.realtime.actions import ACTIONS, Action, ActionContext
 from server.realtime.connections import Connection
@@ -84,7 +93,8 @@ class Realtime:
             raise Refused("validation_error", {
                 "error": "validation_error", "message": "last_event_id is not an event id",
                 "details": [{"field": "last_event_id", "message": "invalid event id"}]})
-        self.connections[sid] = Connection(user)
+        expires_at = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value()).expires_at
+        self.connections[sid] = Connection(user, expires_at=expires_at)
         self.app[keys.metrics].socket_connections.inc()
         if last_event_id is not None:
             self.manager.hold(sid)
@@ -145,6 +155,9 @@ class Realtime:
         try:
             body = parse(act.body, {} if data is None else data) if act.body else data
             if act.transaction:
+                if time.time() > conn.expires_at:
+                    raise TokenExpired("The access token of this connection has expired; "
+                                       "reconnect with a fresh one")
                 # The user as they are now (e.g. verified since connecting, or signed out).
                 async with resources.reader.acquire() as reader:
                     user = await load_user(reader, user_id=conn.user.id,
