@@ -55,11 +55,23 @@ class _Rule:
     detector: str | None
 
 
+def _stretchable(word: str) -> str:
+    """A word whose letters may be stretched: "bill" -> b+i+l{2,}.
+
+    One quantifier per run of a letter: two adjacent quantifiers on the same letter
+    (l+l+) backtrack quadratically on a long run of it.
+    """
+    return "".join(
+        re.escape(ch) + ("+" if len(run) == 1 else f"{{{len(run)},}}")
+        for ch, run in ((m.group(1), m.group(0)) for m in re.finditer(r"(.)\1*", word))
+    )
+
+
 def _term_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
     """One regex for a list of terms: whole words, letters may repeat, spaces optional, plurals."""
     alternatives = []
     for term in sorted({t.strip().lower() for t in terms if t.strip()}, key=len, reverse=True):
-        words = [("".join(re.escape(ch) + "+" for ch in word)) for word in term.split()]
+        words = [_stretchable(word) for word in term.split()]
         alternatives.append(r"\s*".join(words))
     if not alternatives:
         return None

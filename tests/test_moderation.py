@@ -120,3 +120,18 @@ def test_rules_are_data(tmp_path) -> None:
     assert custom.check("an ACME-CORP billboard", context="prompt").category == "brand"
     assert custom.check("a 19 year old", context="avatar") is None  # no age rule in this file
     assert load_policy().check("an acme corp billboard", context="prompt") is None
+
+
+def test_no_pattern_stacks_quantifiers_on_one_letter() -> None:
+    """b+i+l+l+ backtracks quadratically on "bilPPPP..."; each run of a letter gets one quantifier."""
+    import re
+
+    from server.moderation import _stretchable, load_policy
+
+    assert _stretchable("bill") == "b+i+l{2,}"
+    assert _stretchable("ass") == "a+s{2,}"
+    policy = load_policy()
+    patterns = [rule.pattern.pattern for rule in policy.rules if rule.pattern is not None]
+    assert patterns
+    for pattern in patterns:
+        assert not re.search(r"([a-z])(?:\+|\{\d+,\})\1(?:\+|\{)", pattern), pattern
