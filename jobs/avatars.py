@@ -44,8 +44,12 @@ async def _make(res: Any, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | Non
         if row is not None and regeneration_id is not None and await service.regeneration_refunded(
                 session, avatar_id=avatar_id, regeneration_id=regeneration_id):
             return
+    if row is None and regeneration_id is not None:
+        # Deleted before its new thumbnail was made: that thumbnail's charge goes back.
+        await _give_up(res, avatar_id, regeneration_id, "The avatar was deleted")
+        return
     if row is None or (regeneration_id is None and row["status"] != "creating"):
-        return  # deleted, or a rerun of a finished job
+        return  # deleted (deletion refunds a creation itself), or a rerun of a finished job
     profile = row["profile"]
     if profile is None:
         profile = await res.ai.character_profile(AvatarSpec(
@@ -65,6 +69,8 @@ async def _make(res: Any, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | Non
                                            regeneration_id=regeneration_id, storage=res.storage)
     if outcome == "gone":  # deleted while we worked: leave no file behind
         await res.storage.delete(key)
+        if regeneration_id is not None:
+            await _give_up(res, avatar_id, regeneration_id, "The avatar was deleted")
 
 
 async def _give_up(res: Any, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | None, error: str) -> None:

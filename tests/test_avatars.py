@@ -283,6 +283,25 @@ async def test_regenerate_thumbnail_charges_5_and_replaces_the_image(api, app_se
     assert [s[1] for s in spends] == [-10, -5] and ":thumbnail:" in spends[1][2]
 
 
+async def test_deleting_an_avatar_before_its_new_thumbnail_is_made_refunds_that_thumbnail(
+        api, app_server, settings) -> None:
+    async with running_worker(settings):
+        user = await verified_user(api, outbox(settings))
+        avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
+        await wait_settled(api, user, avatar["id"])
+    regenerated = await api.post(f"/api/avatars/{avatar['id']}/regenerate-thumbnail", token=user.access_token)
+    assert regenerated.status == 202 and await balance(api, user) == 10
+    assert (await api.delete(f"/api/avatars/{avatar['id']}", token=user.access_token)).status == 204
+    async with running_worker(settings):  # the thumbnail job runs only now, on a deleted avatar
+        assert await wait_until(lambda: _balance_is(api, user, 15))
+    kinds = [r[0] for r in await ledger_rows(app_server.app, user.id)]
+    assert kinds.count("refund") == 1
+
+
+async def _balance_is(api, user, expected: int) -> bool:
+    return await balance(api, user) == expected
+
+
 async def _changed(storage, key, old):
     return await storage.get(key) != old
 
