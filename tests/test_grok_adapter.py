@@ -164,3 +164,20 @@ async def test_video_poll_5xx_is_retried_and_unknown_ids_are_permanent(grok, xai
     with pytest.raises(ProviderError) as caught:
         await grok.poll_video("no-such-request")
     assert caught.value.status == 404 and not caught.value.transient
+
+
+async def test_refused_credentials_do_not_reach_users(grok_settings, xai, caplog) -> None:
+    from server.adapters.ai.base import ProviderError
+    from server.adapters.ai.grok import GrokProvider
+
+    xai.fail("POST /v1/images/generations", 401, error=f"Incorrect API key provided: {xai.api_key[:12]}***")
+    provider = GrokProvider(grok_settings)
+    try:
+        with pytest.raises(ProviderError) as refused:
+            await provider.generate_image(prompt="a lake", seed=1)
+    finally:
+        await provider.aclose()
+    assert refused.value.transient is False
+    assert xai.api_key[:12] not in refused.value.message  # what users see
+    assert "refused this service's credentials" in refused.value.message
+    assert any(xai.api_key[:12] in r.getMessage() for r in caplog.records)  # what operators see

@@ -3,6 +3,7 @@ and recorded through the same sync path the webhooks use."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Any
@@ -17,6 +18,8 @@ from server.billing.queries import ENTITLED_STATUSES, billing_plan, subscription
 from server.billing.sync import FINAL_STATUSES, public_subscription
 from server.config import Settings
 from server.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
+
+log = logging.getLogger(__name__)
 
 
 def credit_packs(settings: Settings) -> list[CreditPack]:
@@ -37,7 +40,8 @@ async def _provider(call):
     try:
         return await call
     except BillingError as exc:
-        raise ServiceUnavailable(f"The payment provider could not complete this: {exc.message}") from exc
+        log.warning("payment provider call failed: %s", exc.message)  # details for operators only
+        raise ServiceUnavailable("The payment provider could not complete this; try again shortly") from exc
 
 
 async def current(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str, Any]:

@@ -159,6 +159,10 @@ class GrokProvider:
                             raise ProviderError(f"{what}: the answer is not JSON", transient=True,
                                                 status=resp.status) from exc
                     message = _provider_message(resp.status, await resp.read())
+                    if resp.status in (401, 403):
+                        # Users see that the provider refused us; operators see why (it may echo key parts).
+                        log.error("%s: xAI refused our credentials (%s): %s", what, resp.status, message)
+                        message = "the AI provider refused this service's credentials"
                     transient = resp.status in TRANSIENT_STATUSES or resp.status >= 500
                     last = ProviderError(f"{what} failed ({resp.status}): {message}",
                                          transient=transient, status=resp.status)
