@@ -146,7 +146,7 @@ async def test_customer_is_created_once_per_user(sapi: Api, stripe: FakeStripe, 
     assert stripe.payment_intents[pack.body["payment_intent_id"]]["customer"] == customer
 
 
-async def test_change_plan_prorates_and_the_next_invoice_grants_the_new_plan(
+async def test_upgrade_bills_now_and_the_next_invoice_grants_the_new_plan(
         sapi: Api, stripe: FakeStripe) -> None:
     user = await sapi.register()
     sub = await subscribe_and_pay(sapi, stripe, user, "starter")
@@ -159,7 +159,7 @@ async def test_change_plan_prorates_and_the_next_invoice_grants_the_new_plan(
     assert changed.body["subscription"]["plan_id"] == "enterprise"
     assert changed.body["plan"]["avatar_limit"] == 50
     update = stripe.calls("POST", f"subscriptions/{sub['id']}")[-1]
-    assert update["params"]["proration_behavior"] == "create_prorations"
+    assert update["params"]["proration_behavior"] == "always_invoice"  # the difference is billed now
     assert update["params"]["items"] == [{"id": sub["items"]["data"][0]["id"], "price": "price_enterprise"}]
     assert sub["items"]["data"][0]["price"]["id"] == "price_enterprise"
     await stripe.deliver_pending()
@@ -171,6 +171,14 @@ async def test_change_plan_prorates_and_the_next_invoice_grants_the_new_plan(
     after = (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]
     assert after["current_period_end"] > ours["current_period_end"]
     assert invoice["billing_reason"] == "subscription_cycle"
+
+    # A downgrade refunds nothing: the credits of the dearer plan cannot be bought back cheap.
+    down = await sapi.put(f"/api/subscriptions/{ours['id']}", json={"plan_id": "starter"},
+                          token=user.access_token)
+    assert down.status == 200 and down.body["subscription"]["plan_id"] == "starter"
+    assert stripe.calls("POST", f"subscriptions/{sub['id']}")[-1]["params"]["proration_behavior"] == "none"
+    await stripe.deliver_pending()
+    assert await balance(sapi, user) == 2125
 
 
 async def test_cancel_at_period_end_reactivate_and_fall_back_to_free(

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.models import User, UserSubscription
 from server.adapters.billing.base import BillingError, BillingGateway, CreditPack, SubscriptionState
 from server.billing import sync
-from server.billing.queries import ENTITLED_STATUSES, billing_plan, subscription_and_plan
+from server.billing.queries import ENTITLED_STATUSES, billing_plan, get_plan, subscription_and_plan
 from server.billing.sync import FINAL_STATUSES, public_subscription
 from server.config import Settings
 from server.errors import Conflict, NotFound, ServiceUnavailable, ValidationFailed
@@ -140,7 +140,9 @@ async def change_plan(
     if row["status"] not in ENTITLED_STATUSES:
         raise Conflict(f"A {row['status']} subscription cannot change plan")
     if row["plan_id"] != plan["id"]:
-        state = await _provider(billing.change_plan(subscription=row, plan=plan))
+        current = await get_plan(session, row["plan_id"])
+        upgrade = current is None or plan["price_cents"] > current["price_cents"]
+        state = await _provider(billing.change_plan(subscription=row, plan=plan, upgrade=upgrade))
         row = await _record(session, user_id=user_id, state=state)
     return await _answer(session, user_id=user_id, row=row)
 

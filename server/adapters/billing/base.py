@@ -89,8 +89,11 @@ class BillingGateway(Protocol):
         self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any]
     ) -> StartedSubscription: ...
 
-    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any]) -> SubscriptionState:
-        """Move to `plan`, prorating the difference."""
+    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
+                          upgrade: bool) -> SubscriptionState:
+        """Move to `plan`: an upgrade is billed (prorated) at once, a downgrade refunds nothing.
+
+        Either way the new plan's credits come with the next paid period."""
 
     async def set_cancel_at_period_end(
         self, *, subscription: dict[str, Any], cancel: bool

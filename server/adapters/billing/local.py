@@ -71,7 +71,8 @@ class LocalBilling:
         )
         return StartedSubscription(state=state, client_secret=None, paid_invoice=invoice)
 
-    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any]) -> SubscriptionState:
+    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
+                          upgrade: bool) -> SubscriptionState:
         return replace(_state_of(subscription), plan_id=plan["id"],
                        price_id=plan.get("stripe_price_id"))
 

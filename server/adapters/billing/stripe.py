@@ -107,15 +107,19 @@ class StripeBilling:
         return StartedSubscription(state=subscription_state(data), client_secret=secret,
                                    paid_invoice=paid)
 
-    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any]) -> SubscriptionState:
+    async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
+                          upgrade: bool) -> SubscriptionState:
         sid = subscription["stripe_subscription_id"]
+        # An upgrade bills the prorated difference now; a downgrade refunds nothing, so
+        # a plan's credits can never be taken and its price handed back.
+        proration = "always_invoice" if upgrade else "none"
         current = subscription_state(_plain(await self._call(
             "subscription retrieve", self.client.v1.subscriptions.retrieve_async(sid))))
         updated = await self._call("subscription update", self.client.v1.subscriptions.update_async(
             sid,
             params={
                 "items": [{"id": current.item_id or "", "price": plan["stripe_price_id"]}],
-                "proration_behavior": "create_prorations",
+                "proration_behavior": proration,
                 "metadata": {"plan_id": plan["id"]},
             },
         ))
