@@ -42,9 +42,22 @@ async def _seed(settings: Settings) -> int:
         await engine.dispose()
 
 
-def cmd_seed(settings: Settings) -> int:
+async def _seed_demo(settings: Settings) -> str:
+    from server.demo import seed_demo
+    from server.resources import open_resources
+
+    async with open_resources(settings) as res:
+        return await seed_demo(res)
+
+
+def cmd_seed(settings: Settings, *, demo: bool = False) -> int:
     count = asyncio.run(_seed(settings))
     print(f"seeded {count} plans")
+    if demo:
+        from server.demo import DEMO_PASSWORD
+
+        email = asyncio.run(_seed_demo(settings))
+        print(f"demo account: {email} / {DEMO_PASSWORD}")
     return 0
 
 
@@ -140,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     sub.add_parser("worker", help="run an arq worker")
     sub.add_parser("migrate", help="alembic upgrade head")
-    sub.add_parser("seed", help="insert or update the subscription plans")
+    seed = sub.add_parser("seed", help="insert or update the subscription plans")
+    seed.add_argument("--demo", action="store_true", help="also create a verified demo account with credits")
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger.add_argument("action", choices=["check"])
     return parser
@@ -157,10 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lustify: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, json=settings.log_json)
-    commands = {
-        "serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "seed": cmd_seed,
-        "ledger": cmd_ledger_check,
-    }
+    if args.command == "seed":
+        return cmd_seed(settings, demo=args.demo)
+    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check}
     return commands[args.command](settings)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import asyncpg
 import pytest
@@ -274,3 +275,30 @@ async def test_health_goes_503_when_redis_dies_and_recovers(settings, tmp_path) 
         await client.close()
         await server.close()
         redis.stop()
+
+
+def test_seed_demo_creates_a_verified_account_once(settings) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_dsn,
+           "REDIS_NAMESPACE": settings.redis_namespace, "DATA_DIR": str(settings.data_dir), "BCRYPT_ROUNDS": "4",
+           "LOG_JSON": "false"}
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "server.cli", "seed", "--demo"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "demo account: demo@lustify.local" in done.stdout
+
+    async def check() -> tuple:
+        conn = await asyncpg.connect(_asyncpg_dsn(settings.database_url))
+        try:
+            return await conn.fetchrow(
+                "SELECT u.email_verified, c.balance, (SELECT count(*) FROM credit_transactions t "
+                "WHERE t.user_id = u.id) AS rows FROM users u JOIN user_credits c ON c.user_id = u.id "
+                "WHERE u.email = 'demo@lustify.local'")
+        finally:
+            await conn.close()
+
+    row = asyncio.run(check())
+    assert row["email_verified"] is True and row["balance"] == 525 and row["rows"] == 2
