@@ -23,11 +23,10 @@ from server.realtime.manager import UserRoomManager, event_key
 from server.realtime.publisher import EVENT_ID, user_room
 from server.realtime.revocations import listen_for_revocations
 from server.realtime.socket_server import RealtimeServer, after_reply
-from server.realtime.wire import OrjsonCodec, websocket_class
+from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
-CLOSE_GRACE_SECONDS = 1.0
 
 
 class Realtime:
@@ -42,16 +41,13 @@ class Realtime:
             cors_allowed_origins=settings.cors_origins,
             max_http_buffer_size=settings.socketio_max_message_bytes,
             http_compression=settings.socketio_compression,
+            websocket_compression=settings.socketio_compression,
             ping_interval=settings.socketio_ping_interval_seconds,
             ping_timeout=settings.socketio_ping_timeout_seconds,
             connect_timeout=settings.socketio_connect_timeout_seconds,
             logger=False,
             engineio_logger=False,
         )
-        self.websockets = websocket_class(compress=settings.socketio_compression)
-        self.sio.eio._async = {  # this server's copy: the driver's dict is module-wide
-            **self.sio.eio._async, "websocket": self.websockets,
-        }
         self.connections: dict[str, Connection] = {}
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
@@ -186,20 +182,11 @@ class Realtime:
             await self._close_transports([eio_sid])
 
     async def _close_transports(self, eio_sids: list[str]) -> None:
-        """engine.io CLOSE to each; websockets still open after a grace period are closed here.
-
-        engine.io would otherwise keep reading a socket it has closed until the peer leaves.
-        """
+        """engine.io CLOSE to each, then its websocket closed (after a grace for the peer's reply)."""
         for eio_sid in eio_sids:
             socket = self.sio.eio.sockets.get(eio_sid)
             if socket is not None:
-                await socket.close(wait=False)  # queued packets still go out first
-        open_now = self.websockets.open
-        serving = [open_now[eio_sid][1] for eio_sid in eio_sids if eio_sid in open_now]
-        if serving:
-            await asyncio.wait(serving, timeout=CLOSE_GRACE_SECONDS)
-        lingering = [open_now[eio_sid][0] for eio_sid in eio_sids if eio_sid in open_now]
-        await asyncio.gather(*(ws.close() for ws in lingering), return_exceptions=True)
+                await socket.close(wait=False)
 
     async def close_revoked(self, user_id: str) -> None:
         """Tell this process's sockets of the user their session ended, then close them."""
@@ -232,6 +219,9 @@ class Realtime:
     async def close_all(self, app: web.Application) -> None:
         """On shutdown: close every socket so clients reconnect to another instance."""
         await self._close_transports(list(self.sio.eio.sockets))
+        closing = self.sio.eio.closing_websockets
+        if closing:
+            await asyncio.wait(closing)  # each bounded by its close grace
 
 
 def _failure(exc: DomainError) -> dict[str, Any]:

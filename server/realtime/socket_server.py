@@ -1,4 +1,4 @@
-"""python-socketio's AsyncServer plus two things it lacks: after-reply hooks and a join deadline.
+"""python-socketio's AsyncServer on lean engine.io sessions, with after-reply hooks and a join deadline.
 
 After-reply hooks run once the CONNECT or ACK packet of the current handler is queued,
 so a replay can release held live events strictly after the reply that carried (or
@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import socketio
+
+from server.realtime.engine import LeanEngineServer
 
 Hook = Callable[[], Awaitable[None]]
 _after_reply: ContextVar[list[Hook] | None] = ContextVar("after_reply", default=None)
@@ -33,6 +35,9 @@ class RealtimeServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         self.connect_timeout = connect_timeout
         self._join_deadlines: dict[str, asyncio.TimerHandle] = {}
+
+    def _engineio_server_class(self) -> type[LeanEngineServer]:
+        return LeanEngineServer
 
     async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
         await self._with_after_reply(super()._handle_connect(eio_sid, namespace, data))
