@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -217,30 +218,29 @@ class LeanSocket(AsyncSocket):
                 await _write(ws, pending.pop(0))
         self.ws = ws
         self.reader = asyncio.current_task()
+        limit = server.max_http_buffer_size
         try:
-            await self._read(ws)
+            # The read loop lives here rather than in a helper: every coroutine frame on
+            # this stack lasts as long as the connection.
+            while not self.closed:
+                msg = await ws.receive()
+                if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+                    break  # closed by the peer or by us, or a protocol error (e.g. too large)
+                if len(msg.data) > limit:
+                    break
+                try:
+                    await self.receive(packet.Packet(encoded_packet=msg.data))
+                except exceptions.UnknownPacketError:
+                    pass
+                except exceptions.SocketIsClosedError:
+                    break
+                except Exception:
+                    server.logger.exception("Unknown receive error")
         finally:
             self.reader = None
             await close_quickly(ws, self.transport)
             await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
         return ws
-
-    async def _read(self, ws: WebSocketResponse) -> None:
-        limit = self.server.max_http_buffer_size
-        while not self.closed:
-            msg = await ws.receive()
-            if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
-                return  # closed by the peer or by us, or a protocol error (e.g. too large)
-            if len(msg.data) > limit:
-                return
-            try:
-                await self.receive(packet.Packet(encoded_packet=msg.data))
-            except exceptions.UnknownPacketError:
-                pass
-            except exceptions.SocketIsClosedError:
-                return
-            except Exception:
-                self.server.logger.exception("Unknown receive error")
 
     async def _complete_upgrade(self, ws: WebSocketResponse) -> bool:
         """engine.io's polling -> websocket upgrade: probe, then UPGRADE; False if it fails."""
@@ -371,15 +371,45 @@ class LeanEngineServer(engineio.AsyncServer):
         self.closing_websockets.add(task)
         task.add_done_callback(self.closing_websockets.discard)
 
-    async def _handle_connect(self, environ: Mapping[str, Any], transport: str,
-                              jsonp_index: int | None = None) -> Any:
-        """engine.io's connect, with LeanSockets and the OPEN packet written by the websocket."""
+    async def handle_request(self, request: Request) -> Any:
+        """engine.io's entry point; a new websocket session is served without its frames.
+
+        engine.io's path to a websocket session is five coroutines deep, each holding its
+        locals (the parsed query, the environ) for the connection's life.
+        """
+        if not self._opens_websocket(request):
+            return await super().handle_request(request)
+        environ = RequestEnviron(request)
+        s = await self._start_session(environ, "websocket")
+        if not isinstance(s, LeanSocket):
+            return await self._make_response(s, environ)
+        try:
+            return await s.serve_websocket(environ)
+        finally:
+            if s.closed and self.sockets.get(s.sid) is s:
+                del self.sockets[s.sid]
+
+    def _opens_websocket(self, request: Request) -> bool:
+        """A valid request for a new websocket session; anything else goes engine.io's way."""
+        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+            return False
+        query = urllib.parse.parse_qs(request.query_string)
+        if "sid" in query or "j" in query or query.get("EIO") != ["4"] \
+                or query.get("transport", [""])[0] != "websocket" or "websocket" not in self.transports:
+            return False
+        origin = request.headers.get("Origin")
+        if origin and self.cors_allowed_origins != []:
+            allowed = self._cors_allowed_origins(RequestEnviron(request))
+            if allowed is not None and origin not in allowed:
+                return False
+        return True
+
+    async def _start_session(self, environ: Mapping[str, Any], transport: str) -> LeanSocket | dict[str, Any]:
+        """engine.io's connect up to the transport: the session, its OPEN packet, the app's verdict."""
         sid = self.generate_id()
         s = LeanSocket(self, sid, polling=transport != "websocket")
         self.sockets[sid] = s
-        # Queued (or, for a websocket, held until it is open) without a local that would
-        # keep the packet for the connection's life.
-        await s.send(packet.Packet(packet.OPEN, {
+        await s.send(packet.Packet(packet.OPEN, {  # queued, or held until the websocket is open
             "sid": sid,
             "upgrades": self._upgrades(sid, transport),
             "pingTimeout": int(self.ping_timeout * 1000),
@@ -392,18 +422,26 @@ class LeanEngineServer(engineio.AsyncServer):
             self.logger.warning("Application rejected connection")
             return self._unauthorized(ret or None)
         s.schedule_ping()
+        return s
+
+    async def _handle_connect(self, environ: Mapping[str, Any], transport: str,
+                              jsonp_index: int | None = None) -> Any:
+        """engine.io's connect for long-polling (and websockets that came engine.io's way)."""
+        s = await self._start_session(environ, transport)
+        if not isinstance(s, LeanSocket):
+            return s
         if transport == "websocket":
             try:
                 return await s.serve_websocket(environ)
             finally:
-                if s.closed and self.sockets.get(sid) is s:
-                    del self.sockets[sid]
+                if s.closed and self.sockets.get(s.sid) is s:
+                    del self.sockets[s.sid]
         s.connected = True
         headers = None
         if self.cookie:
             cookie = self.cookie if isinstance(self.cookie, dict) else {
                 "name": self.cookie, "path": "/", "SameSite": "Lax"}
-            headers = [("Set-Cookie", self._generate_sid_cookie(sid, cookie))]
+            headers = [("Set-Cookie", self._generate_sid_cookie(s.sid, cookie))]
         try:
             return self._ok(await s.poll(), headers=headers, jsonp_index=jsonp_index)
         except exceptions.QueueEmpty:

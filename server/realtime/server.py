@@ -199,6 +199,10 @@ class Realtime:
     # lifecycle
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        self.sio.manager_initialized = True
+        self.manager.initialize()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.manager.subscribed.wait(), 5)
         subscribed = asyncio.Event()
         listener = asyncio.create_task(listen_for_revocations(
             self.settings.redis_dsn, self.settings.key("revocations"), self.close_revoked,
