@@ -77,7 +77,9 @@ def socketio_upgrades(request: web.Request, handler: Handler) -> Awaitable[web.S
     """
     if request.path.startswith("/socket.io/") and \
             request.headers.get("Upgrade", "").lower() == "websocket":
-        return request.match_info.handler(request)
+        entry = request.app.get(keys.socketio_websockets)
+        if entry is not None:
+            return entry(request)
     return handler(request)
 
 

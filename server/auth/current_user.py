@@ -37,9 +37,10 @@ _COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.to
 _BY_ID = Query(select(*_COLUMNS).where(User.id == bindparam("user_id")))
 
 
-async def user_from_token(reader: asyncpg.Connection, token: str, *, secret: str) -> CurrentUser:
+async def user_from_token(reader: asyncpg.Connection, token: str, *, secret: str,
+                          remember: bool = True) -> CurrentUser:
     """The user behind an access token, if it is valid and not revoked."""
-    claims = decode_access_token(token, secret=secret)
+    claims = decode_access_token(token, secret=secret, remember=remember)
     return await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
 
 

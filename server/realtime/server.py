@@ -65,8 +65,9 @@ class Realtime:
             if not isinstance(token, str) or not token:
                 raise Unauthorized("Connect with auth: {token: <access_token>}")
             async with resources.reader.acquire() as reader:
-                user = await user_from_token(
-                    reader, token, secret=self.settings.jwt_secret.get_secret_value())
+                user = await user_from_token(  # checked once per socket: not cached
+                    reader, token, secret=self.settings.jwt_secret.get_secret_value(),
+                    remember=False)
         except DomainError as exc:
             if exc.status == 401:
                 raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
@@ -238,6 +239,7 @@ realtime_key = web.AppKey("realtime", Realtime)
 def attach_socketio(app: web.Application, settings: Settings) -> Realtime:
     realtime = Realtime(app, settings)
     realtime.sio.attach(app, socketio_path="socket.io")
+    app[keys.socketio_websockets] = realtime.sio.eio.websocket_entry
     app.cleanup_ctx.append(realtime.lifecycle)
     app.on_shutdown.append(realtime.close_all)
     app[realtime_key] = realtime
