@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -57,7 +57,7 @@ class Realtime:
 
     # connect / disconnect
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
         resources = self.app[keys.resources]
         token = auth.get("token")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -65,7 +65,7 @@ class RealtimeServer(socketio.AsyncServer):
                 except Exception:
                     self.logger.exception("after-reply hook failed")
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+    async def _handle_eio_connect(self, eio_sid: str, environ: Mapping[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
         loop = asyncio.get_running_loop()
         self._join_deadlines[eio_sid] = loop.call_later(
