@@ -370,7 +370,7 @@ async def main(args: argparse.Namespace) -> None:
                 run.figures.update(await bench.memory(run.name, envs.get(run.name)))
                 print(f"{run.name} memory: {json.dumps(run.figures)}", flush=True)
         # Interleaved so that whatever else the machine does spreads over every server alike.
-        for repeat in range(args.repeat):
+        for repeat in range(0 if args.skip_latency else args.repeat):
             for run in plan:
                 lat = await bench.latency(run.name, envs.get(run.name))
                 samples[run.name].append(lat)
@@ -379,7 +379,8 @@ async def main(args: argparse.Namespace) -> None:
         await bench.cleanup()
     for run in plan:
         for key in ("p50", "p99", "max", "cpu_us_per_event"):
-            run.figures[key] = statistics.median(s[key] for s in samples[run.name])
+            if samples[run.name]:
+                run.figures[key] = statistics.median(s[key] for s in samples[run.name])
     print(f"\nmedians of {args.repeat} runs; load average after: {os.getloadavg()[0]:.2f}")
     print(table(plan))
 
@@ -392,6 +393,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only", nargs="*", default=[],
                         help=f"runs to do: {', '.join(VARIANTS)}, node-reference")
     parser.add_argument("--quick", action="store_true", help="200 clients, 500 idle, 5 s")

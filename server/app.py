@@ -34,6 +34,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[
+            middleware.socketio_upgrades,
             middleware.request_context,
             middleware.cors(settings.cors_origins),
             middleware.errors,

@@ -1,5 +1,7 @@
 """Typed application keys: everything create_app puts on the app."""
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
 from server.config import Settings
@@ -10,6 +12,8 @@ from server.resources import Resources
 settings = web.AppKey("settings", Settings)
 resources = web.AppKey("resources", Resources)
 metrics = web.AppKey("metrics", Metrics)
+# Serves a /socket.io websocket upgrade (server/realtime/engine.py), ahead of the middlewares.
+socketio_websockets = web.AppKey("socketio_websockets", Callable[[web.Request], Awaitable[web.StreamResponse]])
 
 request_id = web.RequestKey("request_id", str)
 rate_verdict = web.RequestKey("rate_verdict", Verdict)

@@ -68,6 +68,22 @@ def error_response(exc: DomainError) -> web.Response:
 
 
 @web.middleware
+def socketio_upgrades(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Outermost: a Socket.IO websocket goes straight to engine.io, past the REST chain.
+
+    Each middleware's coroutine frame would live as long as the websocket (~2 KB per idle
+    connection across the chain). Not `async` on purpose: it hands back the route's own
+    coroutine and keeps no frame. engine.io checks origins and sizes itself.
+    """
+    if request.path.startswith("/socket.io/") and \
+            request.headers.get("Upgrade", "").lower() == "websocket":
+        entry = request.app.get(keys.socketio_websockets)
+        if entry is not None:
+            return entry(request)
+    return handler(request)
+
+
+@web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: request id, timing, metrics, access log, and headers on every response."""
     incoming = request.headers.get("X-Request-ID", "")

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +18,7 @@ from redis import Redis as SyncRedis
 
 from server.config import Settings
 from tests.support.api import Api
+from tests.support.sockets import SocketClient
 
 RUN_ID = uuid.uuid4().hex[:10]
 
@@ -143,6 +144,20 @@ async def api(app_server: TestServer) -> AsyncIterator[Api]:
     client = Api(str(app_server.make_url("")).rstrip("/"))
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def sockets() -> AsyncIterator[Callable[[], SocketClient]]:
+    """Makes real Socket.IO clients; closes them at the end of the test."""
+    made: list[SocketClient] = []
+
+    def make() -> SocketClient:
+        made.append(SocketClient())
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

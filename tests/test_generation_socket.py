@@ -3,6 +3,7 @@ receive the finished content, see the balance change once; cancel through the so
 
 from __future__ import annotations
 
+import asyncio
 import io
 import uuid
 from urllib.parse import urlsplit
@@ -78,7 +79,12 @@ async def test_cancel_over_the_socket_refunds_and_tells_the_user(api: Api, app_s
         assert ack["ok"] is True and ack["data"]["status"] == "canceled"
         await client.wait_for("credits.updated", count=2)
         assert [c["delta"] for c in client.named("credits.updated")] == [-5, 5]
-        canceled = [p for p in client.named("generation.progress") if p["status"] == "canceled"]
+        # Published after the refund, so it may still be on its way when the refund arrives.
+        for _ in range(250):
+            canceled = [p for p in client.named("generation.progress") if p["status"] == "canceled"]
+            if canceled:
+                break
+            await asyncio.sleep(0.02)
         assert canceled and canceled[0]["content_id"] == queued["id"]
         again = await client.call("content.cancel", {"content_id": queued["id"]})
         assert again["ok"] is False and again["error"]["error"] == "conflict"

@@ -44,19 +44,6 @@ async def publish(server: TestServer, user_id: str, count: int, start: int = 0) 
     return [await publisher.publish(user_id, credits_event(start + n)) for n in range(count)]
 
 
-@pytest.fixture
-async def sockets():
-    made: list[SocketClient] = []
-
-    def make() -> SocketClient:
-        made.append(SocketClient())
-        return made[-1]
-
-    yield make
-    for client in made:
-        await client.close()
-
-
 async def connected(make, server_url: str, user: ApiUser, **kw) -> SocketClient:
     client = make()
     await client.connect(server_url, token=user.access_token, **kw)

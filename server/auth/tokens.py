@@ -34,9 +34,14 @@ def issue_access_token(*, user_id: uuid.UUID, token_version: int, secret: str, t
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def decode_access_token(token: str, *, secret: str) -> AccessClaims:
-    """Verified claims; a token seen recently skips the signature check but not the expiry."""
-    claims = _verified(token, secret)
+def decode_access_token(token: str, *, secret: str, remember: bool = True) -> AccessClaims:
+    """Verified claims; a token seen recently skips the signature check but not the expiry.
+
+    `remember=False` checks without caching, for a token presented once (a socket's
+    connect): the cache would only hold it, ~0.5 KB, for as long as it is among the
+    8192 most recent.
+    """
+    claims = _verified(token, secret) if remember else _verified.__wrapped__(token, secret)
     if claims.expires_at + LEEWAY < time.time():
         raise TokenExpired("The access token has expired; refresh it")
     return claims

@@ -7,6 +7,8 @@ backlog's floor (already replayed) is dropped, so the client sees every event on
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import socketio
@@ -36,6 +38,24 @@ class UserRoomManager(socketio.AsyncRedisManager):
         super().__init__(*args, **kwargs)
         self.gates: dict[str, Gate] = {}
         self.joined: dict[str, list[Any]] = {}  # sid -> rooms other than its own and None
+        self.subscribed = asyncio.Event()
+
+    # python-socketio subscribes to the Redis channel when the first client connects, and
+    # events published before the SUBSCRIBE lands are lost: the server subscribes at
+    # startup instead and waits for Redis to confirm it.
+
+    def _redis_connect(self) -> None:
+        super()._redis_connect()
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
+
+    async def _listen(self) -> AsyncIterator[Any]:
+        channel = self.channel.encode()
+        async for message in self._redis_listen_with_retries():
+            kind = message.get("type")
+            if kind == "subscribe":
+                self.subscribed.set()
+            elif kind == "message" and message.get("channel") == channel and "data" in message:
+                yield message["data"]
 
     # python-socketio finds the rooms of a leaving socket by scanning every room of the
     # namespace: O(connections) per disconnect, seconds to close thousands. A socket here

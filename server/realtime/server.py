@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +14,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from db.session import transaction
 from server import keys
-from server.auth.current_user import load_user, user_from_token
+from server.auth.current_user import load_user
 from server.auth.tokens import decode_access_token
 from server.config import Settings
 from server.errors import (
@@ -32,11 +32,10 @@ from server.realtime.manager import UserRoomManager, event_key
 from server.realtime.publisher import EVENT_ID, user_room
 from server.realtime.revocations import listen_for_revocations
 from server.realtime.socket_server import RealtimeServer, after_reply
-from server.realtime.wire import OrjsonCodec, websocket_class
+from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
-CLOSE_GRACE_SECONDS = 1.0
 
 
 class Realtime:
@@ -51,16 +50,13 @@ class Realtime:
             cors_allowed_origins=settings.cors_origins,
             max_http_buffer_size=settings.socketio_max_message_bytes,
             http_compression=settings.socketio_compression,
+            websocket_compression=settings.socketio_compression,
             ping_interval=settings.socketio_ping_interval_seconds,
             ping_timeout=settings.socketio_ping_timeout_seconds,
             connect_timeout=settings.socketio_connect_timeout_seconds,
             logger=False,
             engineio_logger=False,
         )
-        self.websockets = websocket_class(compress=settings.socketio_compression)
-        self.sio.eio._async = {  # this server's copy: the driver's dict is module-wide
-            **self.sio.eio._async, "websocket": self.websockets,
-        }
         self.connections: dict[str, Connection] = {}
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
@@ -70,16 +66,18 @@ class Realtime:
 
     # connect / disconnect
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
         resources = self.app[keys.resources]
         token = auth.get("token")
         try:
             if not isinstance(token, str) or not token:
                 raise Unauthorized("Connect with auth: {token: <access_token>}")
+            # Checked once per socket, so not kept in the REST token cache.
+            claims = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value(),
+                                         remember=False)
             async with resources.reader.acquire() as reader:
-                user = await user_from_token(
-                    reader, token, secret=self.settings.jwt_secret.get_secret_value())
+                user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
         except DomainError as exc:
             if exc.status == 401:
                 raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
@@ -93,8 +91,7 @@ class Realtime:
             raise Refused("validation_error", {
                 "error": "validation_error", "message": "last_event_id is not an event id",
                 "details": [{"field": "last_event_id", "message": "invalid event id"}]})
-        expires_at = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value()).expires_at
-        self.connections[sid] = Connection(user, expires_at=expires_at)
+        self.connections[sid] = Connection(user, expires_at=claims.expires_at)
         self.app[keys.metrics].socket_connections.inc()
         if last_event_id is not None:
             self.manager.hold(sid)
@@ -199,20 +196,11 @@ class Realtime:
             await self._close_transports([eio_sid])
 
     async def _close_transports(self, eio_sids: list[str]) -> None:
-        """engine.io CLOSE to each; websockets still open after a grace period are closed here.
-
-        engine.io would otherwise keep reading a socket it has closed until the peer leaves.
-        """
+        """engine.io CLOSE to each, then its websocket closed (after a grace for the peer's reply)."""
         for eio_sid in eio_sids:
             socket = self.sio.eio.sockets.get(eio_sid)
             if socket is not None:
-                await socket.close(wait=False)  # queued packets still go out first
-        open_now = self.websockets.open
-        serving = [open_now[eio_sid][1] for eio_sid in eio_sids if eio_sid in open_now]
-        if serving:
-            await asyncio.wait(serving, timeout=CLOSE_GRACE_SECONDS)
-        lingering = [open_now[eio_sid][0] for eio_sid in eio_sids if eio_sid in open_now]
-        await asyncio.gather(*(ws.close() for ws in lingering), return_exceptions=True)
+                await socket.close(wait=False)
 
     async def close_revoked(self, user_id: str) -> None:
         """Tell this process's sockets of the user their session ended, then close them."""
@@ -225,6 +213,10 @@ class Realtime:
     # lifecycle
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        self.sio.manager_initialized = True
+        self.manager.initialize()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.manager.subscribed.wait(), 5)
         subscribed = asyncio.Event()
         listener = asyncio.create_task(listen_for_revocations(
             self.settings.redis_dsn, self.settings.key("revocations"), self.close_revoked,
@@ -245,6 +237,9 @@ class Realtime:
     async def close_all(self, app: web.Application) -> None:
         """On shutdown: close every socket so clients reconnect to another instance."""
         await self._close_transports(list(self.sio.eio.sockets))
+        closing = self.sio.eio.closing_websockets
+        if closing:
+            await asyncio.wait(closing)  # each bounded by its close grace
 
 
 def _failure(exc: DomainError) -> dict[str, Any]:
@@ -257,6 +252,7 @@ realtime_key = web.AppKey("realtime", Realtime)
 def attach_socketio(app: web.Application, settings: Settings) -> Realtime:
     realtime = Realtime(app, settings)
     realtime.sio.attach(app, socketio_path="socket.io")
+    app[keys.socketio_websockets] = realtime.sio.eio.websocket_entry
     app.cleanup_ctx.append(realtime.lifecycle)
     app.on_shutdown.append(realtime.close_all)
     app[realtime_key] = realtime

@@ -1,4 +1,4 @@
-"""python-socketio's AsyncServer plus two things it lacks: after-reply hooks and a join deadline.
+"""python-socketio's AsyncServer on lean engine.io sessions, with after-reply hooks and a join deadline.
 
 After-reply hooks run once the CONNECT or ACK packet of the current handler is queued,
 so a replay can release held live events strictly after the reply that carried (or
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
 import socketio
+
+from server.realtime.engine import LeanEngineServer
 
 Hook = Callable[[], Awaitable[None]]
 _after_reply: ContextVar[list[Hook] | None] = ContextVar("after_reply", default=None)
@@ -33,6 +35,9 @@ class RealtimeServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         self.connect_timeout = connect_timeout
         self._join_deadlines: dict[str, asyncio.TimerHandle] = {}
+
+    def _engineio_server_class(self) -> type[LeanEngineServer]:
+        return LeanEngineServer
 
     async def _handle_connect(self, eio_sid: str, namespace: str, data: Any) -> None:
         await self._with_after_reply(super()._handle_connect(eio_sid, namespace, data))
@@ -60,7 +65,7 @@ class RealtimeServer(socketio.AsyncServer):
                 except Exception:
                     self.logger.exception("after-reply hook failed")
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+    async def _handle_eio_connect(self, eio_sid: str, environ: Mapping[str, Any]) -> None:
         await super()._handle_eio_connect(eio_sid, environ)
         loop = asyncio.get_running_loop()
         self._join_deadlines[eio_sid] = loop.call_later(

@@ -1,0 +1,503 @@
+"""python-engineio's server with websocket sessions that cost one task instead of five.
+
+engine.io gives every websocket session an asyncio.Queue, a writer task draining it, a
+task and a `wait_for` around each read, and a task sleeping until the next ping: ~9 KB
+per idle connection, and a queue hop plus a task wake-up per event. Here a websocket
+session writes each packet straight to its aiohttp socket, reads in the request's own
+task, and one server-wide task sends the pings and closes sessions whose pong is late.
+Long-polling sessions keep engine.io's queue (a GET has to wait for packets); the
+Engine.IO v4 packets, handshake, upgrade and ping/pong rules are engine.io's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import engineio
+from aiohttp import WSMessage, WSMsgType
+from aiohttp.web import Request, StreamResponse, WebSocketResponse
+from engineio import exceptions, packet
+from engineio.async_socket import AsyncSocket
+
+log = logging.getLogger(__name__)
+
+CLOSE_GRACE_SECONDS = 1.0  # for the peer's close frame before the transport is dropped
+# Sends never wait for the peer to drain: one client that stops reading must not hold up
+# the emits or pings of everyone else (engine.io's queue was unbounded too). A client that
+# stops reading stops answering pings and is closed within ping_interval + ping_timeout.
+NEVER_WAIT_TO_DRAIN = 2**62
+PINGS_PER_TURN = 32  # pings sent before other work (deliveries) gets the loop again
+
+
+class RequestEnviron(Mapping[str, Any]):
+    """The WSGI-style environ engine.io and python-socketio read, as a view of the request.
+
+    engine.io's aiohttp driver copies every header into a dict that lives as long as the
+    connection (~1.4 KB); the request itself is kept alive by aiohttp anyway.
+    """
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def __getitem__(self, key: str) -> Any:
+        request = self.request
+        if key.startswith("HTTP_"):
+            values = request.headers.getall(key[5:].replace("_", "-"), None)
+            if values is None:
+                raise KeyError(key)
+            return ",".join(values)
+        if key in _CONTENT_HEADERS:
+            value = request.headers.get(_CONTENT_HEADERS[key])
+            if value is None:
+                raise KeyError(key)
+            return value
+        fixed = _FIXED_KEYS.get(key)
+        if fixed is None:
+            raise KeyError(key)
+        return fixed(request)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _FIXED_KEYS
+        for name in self.request.headers:
+            upper = name.upper()
+            if upper in ("CONTENT-TYPE", "CONTENT-LENGTH"):
+                yield upper.replace("-", "_")
+            else:
+                yield "HTTP_" + upper.replace("-", "_")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_CONTENT_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+_FIXED_KEYS: dict[str, Callable[[Request], Any]] = {
+    "REQUEST_METHOD": lambda r: r.method,
+    "QUERY_STRING": lambda r: r.query_string or "",
+    "RAW_URI": lambda r: r.path_qs,
+    "PATH_INFO": lambda r: r.path,
+    "SCRIPT_NAME": lambda r: "",
+    "SERVER_PROTOCOL": lambda r: f"HTTP/{r.version[0]}.{r.version[1]}",
+    "SERVER_SOFTWARE": lambda r: "aiohttp",
+    "SERVER_NAME": lambda r: "aiohttp",
+    "SERVER_PORT": lambda r: "0",
+    "REMOTE_ADDR": lambda r: "127.0.0.1",  # as engine.io's driver: the peer is not exposed
+    "REMOTE_PORT": lambda r: "0",
+    "wsgi.url_scheme": lambda r: r.headers.get("X-Forwarded-Proto", "http"),
+    "wsgi.input": lambda r: r.content,
+    "wsgi.async": lambda r: True,
+    "aiohttp.request": lambda r: r,
+}
+
+
+class LeanSocket(AsyncSocket):
+    """One Engine.IO session; on a websocket it has no queue and no task of its own."""
+
+    # Slots, not an instance dict: ~0.4 KB less per connection.
+    __slots__ = ("server", "sid", "queue", "pending", "ws", "transport", "reader", "due",
+                 "last_ping", "connected", "upgrading", "upgraded", "closing", "closed",
+                 "_session")
+
+    def __init__(self, server: LeanEngineServer, sid: str, *, polling: bool) -> None:
+        # BaseSocket.__init__ would make the asyncio.Queue (~3 KB) a websocket never uses.
+        self.server = server
+        self.sid = sid
+        self.queue: asyncio.Queue[Any] | None = server.create_queue() if polling else None
+        self.pending: list[packet.Packet] | None = None  # sent before the websocket is open
+        self.ws: WebSocketResponse | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.reader: asyncio.Task[Any] | None = None  # the request task reading self.ws
+        self.due = 0  # heartbeat slot
+        self.last_ping: float | None = time.time()
+        self.connected = False
+        self.upgrading = False
+        self.upgraded = False
+        self.closing = False
+        self.closed = False
+        self._session: dict[str, Any] | None = None
+
+    @property
+    def session(self) -> dict[str, Any]:
+        """engine.io's per-session dict, made when first used."""
+        if self._session is None:
+            self._session = {}
+        return self._session
+
+    @session.setter
+    def session(self, value: dict[str, Any]) -> None:
+        self._session = value
+
+    # sending
+
+    async def send(self, pkt: packet.Packet) -> None:
+        """Send a packet: written to the websocket now, else queued for the next poll."""
+        if self.closed:
+            raise exceptions.SocketIsClosedError()
+        ws = self.ws
+        if ws is not None:
+            try:
+                await _write(ws, pkt)
+            except Exception:  # the connection is going; its reader ends the session
+                log.debug("%s: write failed", self.sid, exc_info=True)
+        elif self.queue is not None:
+            await self.queue.put(pkt)
+        else:
+            if self.pending is None:
+                self.pending = []
+            self.pending.append(pkt)
+
+    # receiving
+
+    async def receive(self, pkt: packet.Packet) -> None:
+        """Handle one packet from the client (engine.io's rules, without per-packet logging)."""
+        kind = pkt.packet_type
+        if kind == packet.MESSAGE:
+            await self.server._trigger_event("message", self.sid, pkt.data,
+                                             run_async=self.server.async_handlers)
+        elif kind == packet.PONG:
+            self.schedule_ping()
+        elif kind == packet.UPGRADE:
+            await self.send(packet.Packet(packet.NOOP))
+        elif kind == packet.CLOSE:
+            await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
+        else:
+            raise exceptions.UnknownPacketError()
+
+    # heartbeat
+
+    def schedule_ping(self) -> None:
+        # As engine.io: a pong ends the current ping cycle; the next ping is due an interval later.
+        if self.last_ping:
+            self.last_ping = None
+            self.server.heartbeats.due_in(self, self.server.ping_interval)
+
+    # closing
+
+    async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        if self.queue is not None and self.ws is None:
+            await super().close(wait=wait, abort=abort, reason=reason)  # long-polling
+            return
+        if not self.closed and not self.closing:
+            self.closing = True
+            await self.server._trigger_event(
+                "disconnect", self.sid, reason or self.server.reason.SERVER_DISCONNECT,
+                run_async=False)
+            if not abort:
+                await self.send(packet.Packet(packet.CLOSE))
+            self.closed = True
+        ws = self.ws
+        if ws is not None and not ws.closed and asyncio.current_task() is not self.reader:
+            # The reader is parked in receive(); closing the websocket wakes it up.
+            self.server.close_websocket(ws, self.transport)
+
+    # the websocket transport
+
+    async def _upgrade_websocket(self, environ: Mapping[str, Any]) -> WebSocketResponse:
+        if self.upgraded:
+            raise OSError("Socket has been upgraded already")
+        return await self.serve_websocket(environ)
+
+    async def serve_websocket(self, environ: Mapping[str, Any]) -> WebSocketResponse:
+        """Run this session over a websocket in the request's task until either side closes it.
+
+        (engine.io's way in: upgrades from polling. New websocket sessions are served by
+        LeanEngineServer.serve_new_websocket, the same steps in one frame.)
+        """
+        ws = await self.prepare_websocket(environ["aiohttp.request"])
+        if not await self.attach(ws):
+            return ws
+        try:
+            while not self.closed and await self.take(await ws.receive()):
+                pass
+        finally:
+            await self.detach(ws)
+        return ws
+
+    async def prepare_websocket(self, request: Request) -> WebSocketResponse:
+        """The websocket handshake; a new session that fails it is closed."""
+        server = self.server
+        ws = WebSocketResponse(max_msg_size=server.max_http_buffer_size,
+                               compress=server.websocket_compression,
+                               timeout=CLOSE_GRACE_SECONDS, writer_limit=NEVER_WAIT_TO_DRAIN)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            if not self.connected:  # a failed upgrade leaves the polling session as it was
+                await self.close(wait=False, abort=True, reason=server.reason.TRANSPORT_ERROR)
+            raise
+        self.transport = request.transport
+        return ws
+
+    async def attach(self, ws: WebSocketResponse) -> bool:
+        """Make `ws` this session's transport (after engine.io's upgrade dance if polling)."""
+        if self.connected:
+            if not await self._complete_upgrade(ws):
+                return False
+        else:
+            self.connected = True
+            self.upgraded = True
+            pending, self.pending = self.pending or [], None
+            while pending:
+                await _write(ws, pending.pop(0))
+        self.ws = ws
+        self.reader = asyncio.current_task()
+        return True
+
+    async def take(self, msg: WSMessage) -> bool:
+        """Handle one websocket message; False when the session is over.
+
+        Callers loop `while not s.closed and await s.take(await ws.receive())`: no message
+        stays in a local of theirs, frames that last as long as the connection (and the
+        first message carries the access token).
+        """
+        if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+            return False  # closed by the peer or by us, or a protocol error (e.g. too large)
+        if len(msg.data) > self.server.max_http_buffer_size:
+            return False
+        try:
+            await self.receive(packet.Packet(encoded_packet=msg.data))
+        except exceptions.UnknownPacketError:
+            pass
+        except exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            self.server.logger.exception("Unknown receive error")
+        return True
+
+    async def detach(self, ws: WebSocketResponse) -> None:
+        """The websocket is done: close it, and the session with it."""
+        self.reader = None
+        await close_quickly(ws, self.transport)
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+
+    async def _complete_upgrade(self, ws: WebSocketResponse) -> bool:
+        """engine.io's polling -> websocket upgrade: probe, then UPGRADE; False if it fails."""
+        self.upgrading = True
+        try:
+            probe = await _receive_packet(ws)
+            if probe is None or probe.packet_type != packet.PING or probe.data != "probe":
+                return False
+            await _write(ws, packet.Packet(packet.PONG, data="probe"))
+            assert self.queue is not None
+            await self.queue.put(packet.Packet(packet.NOOP))  # ends the pending poll
+            upgrade = await _receive_packet(ws)
+            if upgrade is None or upgrade.packet_type != packet.UPGRADE:
+                self.upgraded = False
+                return False
+            # What was queued for polling goes out first; from here on sends write directly.
+            while not self.queue.empty():
+                pkt = self.queue.get_nowait()
+                self.queue.task_done()
+                if pkt is not None:
+                    await _write(ws, pkt)
+            self.queue = None
+            self.upgraded = True
+            return True
+        finally:
+            self.upgrading = False
+
+
+async def _write(ws: WebSocketResponse, pkt: packet.Packet) -> None:
+    data = pkt.encode()
+    if isinstance(data, str):
+        await ws.send_str(data)
+    else:
+        await ws.send_bytes(data)
+
+
+async def _receive_packet(ws: WebSocketResponse) -> packet.Packet | None:
+    msg = await ws.receive()
+    if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
+        return None
+    return packet.Packet(encoded_packet=msg.data)
+
+
+async def close_quickly(ws: WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+    """Close a websocket; a peer that does not take the close frame loses the connection."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS * 2):
+            await ws.close()
+    except TimeoutError:  # still draining to a client that does not read
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
+    except Exception:
+        log.debug("closing a websocket failed", exc_info=True)
+
+
+class Heartbeats:
+    """Pings every session an interval after its last pong, and closes it if the next pong is late.
+
+    One task and a slot per socket in a timing wheel (0.25 s slots, finer for short
+    intervals), instead of a sleeping task per socket: a ping goes out up to a slot late,
+    well inside the ping_interval + ping_timeout a client waits for one.
+    """
+
+    def __init__(self, server: LeanEngineServer) -> None:
+        self.server = server
+        self.tick = max(0.01, min(0.25, server.ping_interval / 10, server.ping_timeout / 10))
+        self.slots: dict[int, list[LeanSocket]] = {}
+        self.done = 0  # last slot handled
+        self.task: asyncio.Task[None] | None = None
+
+    def due_in(self, socket: LeanSocket, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self.task is None:
+            self.done = math.floor(loop.time() / self.tick)
+            self.task = loop.create_task(self._run())
+        slot = max(math.ceil((loop.time() + seconds) / self.tick), self.done + 1)
+        socket.due = slot
+        self.slots.setdefault(slot, []).append(socket)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = math.floor(loop.time() / self.tick)
+            for slot in range(self.done + 1, now + 1):
+                self.done = slot  # what is scheduled from here on goes to a later slot
+                for n, socket in enumerate(self.slots.pop(slot, ())):
+                    if socket.due == slot and not socket.closing and not socket.closed:
+                        try:
+                            await self._beat(socket)
+                        except Exception:
+                            log.exception("heartbeat of %s failed", socket.sid)
+                    if n % PINGS_PER_TURN == PINGS_PER_TURN - 1:
+                        await asyncio.sleep(0)
+            await asyncio.sleep(max(0.0, (self.done + 1) * self.tick - loop.time()))
+
+    async def _beat(self, socket: LeanSocket) -> None:
+        server = self.server
+        if socket.last_ping is None:
+            socket.last_ping = time.time()
+            self.due_in(socket, server.ping_timeout)
+            await socket.send(packet.Packet(packet.PING))
+            return
+        log.info("%s: no pong within %.1fs, closing", socket.sid, server.ping_timeout)
+        # abort=False sends CLOSE, which tells a half-open client it is disconnected.
+        await socket.close(wait=False, abort=False, reason=server.reason.PING_TIMEOUT)
+        if server.sockets.get(socket.sid) is socket:
+            del server.sockets[socket.sid]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+
+class LeanEngineServer(engineio.AsyncServer):
+    """engine.io's AsyncServer making LeanSockets; deflate on websockets is a setting."""
+
+    def __init__(self, *args: Any, websocket_compression: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "monitor_clients": False})
+        # aiohttp accepts the permessage-deflate browsers offer unless told not to, and each
+        # such socket then keeps its own zlib state (~95 KB): small event frames gain nothing.
+        self.websocket_compression = websocket_compression
+        self._async = {**self._async, "translate_request": RequestEnviron}  # this server's copy
+        self.heartbeats = Heartbeats(self)
+        self.closing_websockets: set[asyncio.Task[None]] = set()
+
+    def close_websocket(self, ws: WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+        task = asyncio.get_running_loop().create_task(close_quickly(ws, transport))
+        self.closing_websockets.add(task)
+        task.add_done_callback(self.closing_websockets.discard)
+
+    def websocket_entry(self, request: Request) -> Awaitable[StreamResponse]:
+        """Where the app sends /socket.io websocket upgrades, ahead of its middlewares.
+
+        Not `async`: it hands back the coroutine that serves the request, so no frame of
+        its own lasts as long as the connection. engine.io's path to a websocket session
+        is five coroutines deep, each keeping its locals (the parsed query, the environ);
+        a new session is served here in one.
+        """
+        if self._opens_websocket(request):
+            return self.serve_new_websocket(request)
+        return self.handle_request(request)
+
+    async def serve_new_websocket(self, request: Request) -> StreamResponse:
+        environ = RequestEnviron(request)
+        s = await self._start_session(environ, "websocket")
+        if not isinstance(s, LeanSocket):
+            return await self._make_response(s, environ)
+        try:
+            ws = await s.prepare_websocket(request)
+            await s.attach(ws)
+            try:
+                while not s.closed and await s.take(await ws.receive()):
+                    pass
+            finally:
+                await s.detach(ws)
+            return ws
+        finally:
+            self._forget(s)
+
+    def _forget(self, s: LeanSocket) -> None:
+        if s.closed and self.sockets.get(s.sid) is s:
+            del self.sockets[s.sid]
+
+    def _opens_websocket(self, request: Request) -> bool:
+        """A valid request for a new websocket session; anything else goes engine.io's way."""
+        if request.method != "GET" or request.headers.get("Upgrade", "").lower() != "websocket":
+            return False
+        query = urllib.parse.parse_qs(request.query_string)
+        if "sid" in query or "j" in query or query.get("EIO") != ["4"] \
+                or query.get("transport", [""])[0] != "websocket" or "websocket" not in self.transports:
+            return False
+        origin = request.headers.get("Origin")
+        if origin and self.cors_allowed_origins != []:
+            allowed = self._cors_allowed_origins(RequestEnviron(request))
+            if allowed is not None and origin not in allowed:
+                return False
+        return True
+
+    async def _start_session(self, environ: Mapping[str, Any], transport: str) -> LeanSocket | dict[str, Any]:
+        """engine.io's connect up to the transport: the session, its OPEN packet, the app's verdict."""
+        sid = self.generate_id()
+        s = LeanSocket(self, sid, polling=transport != "websocket")
+        self.sockets[sid] = s
+        await s.send(packet.Packet(packet.OPEN, {  # queued, or held until the websocket is open
+            "sid": sid,
+            "upgrades": self._upgrades(sid, transport),
+            "pingTimeout": int(self.ping_timeout * 1000),
+            "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
+            "maxPayload": self.max_http_buffer_size,
+        }))
+        ret = await self._trigger_event("connect", sid, environ, run_async=False)
+        if ret is not None and ret is not True:
+            del self.sockets[sid]
+            self.logger.warning("Application rejected connection")
+            return self._unauthorized(ret or None)
+        s.schedule_ping()
+        return s
+
+    async def _handle_connect(self, environ: Mapping[str, Any], transport: str,
+                              jsonp_index: int | None = None) -> Any:
+        """engine.io's connect for long-polling (and websockets that came engine.io's way)."""
+        s = await self._start_session(environ, transport)
+        if not isinstance(s, LeanSocket):
+            return s
+        if transport == "websocket":
+            try:
+                return await s.serve_websocket(environ)
+            finally:
+                self._forget(s)
+        s.connected = True
+        headers = None
+        if self.cookie:
+            cookie = self.cookie if isinstance(self.cookie, dict) else {
+                "name": self.cookie, "path": "/", "SameSite": "Lax"}
+            headers = [("Set-Cookie", self._generate_sid_cookie(s.sid, cookie))]
+        try:
+            return self._ok(await s.poll(), headers=headers, jsonp_index=jsonp_index)
+        except exceptions.QueueEmpty:
+            return self._bad_request()
+
+    async def shutdown(self) -> None:
+        await self.heartbeats.stop()
+        await super().shutdown()
