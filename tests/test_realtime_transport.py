@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import socketio
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
@@ -227,3 +228,18 @@ async def test_a_client_that_stops_reading_holds_up_no_one_and_is_closed(setting
         await eventually(lambda: len(realtime.connections) == 1, timeout=8)
         assert calm.sio.connected and (await calm.call("ping"))["ok"] is True
         writer.close()
+
+
+async def test_a_polling_client_leaving_or_refused_is_not_left_hanging(app_server, api) -> None:
+    """The server answers the pending long-poll when the client says CLOSE (as Node's does);
+    python-engineio's client otherwise waits for it until the ping timeout (~45 s)."""
+    user = await api.register()
+    refused = socketio.AsyncClient(reconnection=False)
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await asyncio.wait_for(refused.connect(url_of(app_server), auth={"token": "bad"},
+                                               transports=["polling"], wait_timeout=5), 5)
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(url_of(app_server), auth={"token": user.access_token}, transports=["polling"],
+                         wait_timeout=5)
+    assert (await client.call("ping", timeout=5))["ok"] is True
+    await asyncio.wait_for(client.disconnect(), 5)

@@ -183,6 +183,10 @@ class LeanSocket(AsyncSocket):
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
         if self.queue is not None and self.ws is None:
             await super().close(wait=wait, abort=abort, reason=reason)  # long-polling
+            if abort:
+                # The client said CLOSE: answer its pending long-poll now, as Node's server does,
+                # instead of leaving it hanging until the ping timeout.
+                self.queue.put_nowait(packet.Packet(packet.NOOP))
             return
         if not self.closed and not self.closing:
             self.closing = True

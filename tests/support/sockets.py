@@ -64,9 +64,5 @@ class SocketClient:
         await asyncio.wait_for(self.disconnected.wait(), timeout)
 
     async def close(self) -> None:
-        if self.sio.connected and self.sio.transport() == "polling":
-            # python-engineio's polling client otherwise waits out its pending long-poll
-            # (the server answers a client CLOSE by dropping the session, not the poll).
-            await self.sio.eio.disconnect(abort=True)
-        elif self.sio.connected:
+        if self.sio.connected:
             await self.sio.disconnect()
