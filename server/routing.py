@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from db.session import transaction
+from db.session import run_in_transaction
 from server import keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
@@ -120,8 +120,8 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if "session" not in wants:
             return await spec.handler(**kwargs)
         # The transaction opens only now, after auth, limits and parsing: it stays short.
-        async with transaction(res.sessionmaker) as session:
-            return await spec.handler(session=session, **kwargs)
+        # A deadlock or serialization failure runs the whole handler again.
+        return await run_in_transaction(res.sessionmaker, lambda session: spec.handler(session=session, **kwargs))
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if needs_reader:

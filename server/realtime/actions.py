@@ -14,9 +14,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.auth.current_user import CurrentUser
@@ -24,6 +24,7 @@ from server.content import service as content_service
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.errors import ValidationFailed
 from server.json_io import parse
+from server.realtime import outbox
 
 if TYPE_CHECKING:
     from server.realtime.server import Realtime
@@ -64,7 +65,7 @@ def action(name: str, *, body: type[BaseModel] | None = None,
 
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    last_event_id: str
+    last_event_id: Annotated[int, BeforeValidator(outbox.parse_event_id)]
 
 
 @action("ping", transaction=False)
