@@ -130,12 +130,14 @@ def cron_jobs(settings: Settings) -> list[Any]:
 
     from jobs.avatars import sweep_avatars
     from jobs.billing import BILLING_CRON
+    from jobs.idempotency import IDEMPOTENCY_CRON
     from jobs.sweep import sweep_cron
 
     return [
         sweep_cron(settings),
         cron(sweep_avatars, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True),
         BILLING_CRON,
+        IDEMPOTENCY_CRON,
     ]
 
 

@@ -113,6 +113,7 @@ class Settings(BaseSettings):
     video_poll_interval_seconds: float = 5.0
     sweep_interval_seconds: int = Field(10, ge=1, le=60)
     queued_grace_seconds: int = 30  # queued this long without an arq job -> re-enqueued
+    idempotency_retention_hours: int = Field(24, ge=24)  # API.md: keys are kept at least 24 h
 
     @field_validator("cors_origins", "trusted_proxies", "credit_packs", mode="before")
     @classmethod

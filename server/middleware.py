@@ -191,7 +191,8 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Access-Control-Expose-Headers"] = (
-                "X-Request-ID, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+                "X-Request-ID, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+                "Idempotent-Replayed"
             )
             response.headers.add("Vary", "Origin")
         return response
