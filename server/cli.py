@@ -76,6 +76,33 @@ def cmd_worker(settings: Settings) -> int:
     return 0
 
 
+async def _worker_alive_here(settings: Settings) -> bool:
+    import socket
+    import time
+
+    from server.queueing import WORKER_STALE_SECONDS, worker_heartbeat_key
+    from server.resources import make_redis
+
+    redis = make_redis(settings)
+    try:
+        fresh = await redis.zrangebyscore(worker_heartbeat_key(settings), time.time() - WORKER_STALE_SECONDS, "+inf")
+    finally:
+        await redis.aclose()
+    host = socket.gethostname() + ":"
+    return any(member.decode().startswith(host) for member in fresh)
+
+
+def cmd_health_worker(settings: Settings) -> int:
+    """Exit 0 if a worker on this host beat recently (the worker container's healthcheck)."""
+    try:
+        alive = asyncio.run(_worker_alive_here(settings))
+    except Exception as exc:
+        print(f"worker health unknown: {exc}", file=sys.stderr)
+        return 1
+    print("worker ok" if alive else "no worker heartbeat from this host")
+    return 0 if alive else 1
+
+
 def cmd_ledger_check(settings: Settings) -> int:
     from server.credits.audit import run_ledger_check
 
@@ -178,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="alembic upgrade head")
     seed = sub.add_parser("seed", help="insert or update the subscription plans")
     seed.add_argument("--demo", action="store_true", help="also create a verified demo account with credits")
+    health = sub.add_parser("health", help="process health checks (for container healthchecks)")
+    health.add_argument("what", choices=["worker"])
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger.add_argument("action", choices=["check"])
     return parser
@@ -196,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, json=settings.log_json)
     if args.command == "seed":
         return cmd_seed(settings, demo=args.demo)
-    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check}
+    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check,
+                "health": cmd_health_worker}
     return commands[args.command](settings)
 
 
