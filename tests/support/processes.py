@@ -93,9 +93,15 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env,
-                                     cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = Path(self.cwd) / "worker.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env,
+                                         cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of its output, for a failing test's message."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
