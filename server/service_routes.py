@@ -24,6 +24,8 @@ class HealthOut(BaseModel):
     status: str
     checks: dict[str, str]
     version: str
+    # Provider details (e.g. an AI model the provider does not offer): shown, never a 503.
+    providers: dict[str, dict] = {}
 
 
 async def _check_database(res: Resources) -> str:
@@ -52,7 +54,8 @@ async def health(request: web.Request) -> web.Response:
     database, redis = await asyncio.gather(_run_check(_check_database, res), _run_check(_check_redis, res))
     checks = {"database": database, "redis": redis}
     healthy = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__}
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__,
+            "providers": {"ai": res.ai.model_status()}}
     if not healthy:
         failing = ", ".join(name for name, v in checks.items() if v != "ok")
         body |= {"error": "service_unavailable", "message": f"Unhealthy: {failing}", "details": []}
