@@ -2,14 +2,15 @@
 
 from db.models.activity import ActivityEvent
 from db.models.avatars import Avatar
-from db.models.billing import StripeEvent, SubscriptionPlan, UserSubscription
+from db.models.billing import BillingOperation, StripeEvent, SubscriptionPlan, UserSubscription
 from db.models.content import GeneratedContent
 from db.models.credits import CreditTransaction, UserCredits
 from db.models.usage import AvatarUsageHour, UsageBucket
 from db.models.users import AuthToken, RefreshToken, User
 
 __all__ = [
-    "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "CreditTransaction", "GeneratedContent",
+    "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "BillingOperation", "CreditTransaction",
+    "GeneratedContent",
     "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket", "User", "UserCredits",
     "UserSubscription",
 ]
