@@ -16,13 +16,14 @@ from pydantic import SecretStr
 from redis.asyncio import Redis
 
 from jobs.billing import billing_sweep, retry_parked_events
+from server import cli, keys
 from server.adapters.billing.stripe import API_VERSION
 from server.auth.current_user import CurrentUser
-from server.billing import service
+from server.billing import service, webhooks
 from server.resources import open_resources
 from tests.conftest import _asyncpg_dsn, start_app
 from tests.support.api import Api, User
-from tests.support.fake_stripe import FakeStripe, StripeFailure, sign
+from tests.support.fake_stripe import PRE_BASIL_VERSION, FakeStripe, StripeFailure, sign
 
 
 @pytest.fixture
@@ -46,6 +47,7 @@ async def sapi(stripe_settings, stripe: FakeStripe):
     base = str(server.make_url("")).rstrip("/")
     stripe.webhook_url = base + "/api/subscriptions/webhook"
     client = Api(base)
+    client.app = server.app  # type: ignore[attr-defined]
     yield client
     await client.close()
     await server.close()
@@ -658,3 +660,189 @@ async def test_checkout_session_links_the_customer_once(sapi: Api, stripe: FakeS
         "SELECT id, stripe_customer_id FROM users WHERE id = ANY($1::uuid[])",
         [uuid.UUID(alice.id), uuid.UUID(bob.id)])}
     assert stored == {uuid.UUID(alice.id): customer, uuid.UUID(bob.id): None}
+
+
+def invoice_paid(customer: str, subscription: str, *, price: str = "price_starter") -> dict:
+    """A paid renewal invoice as the pinned API version shapes it."""
+    return {"id": f"in_{uuid.uuid4().hex[:12]}", "object": "invoice", "customer": customer, "status": "paid",
+            "billing_reason": "subscription_cycle", "amount_paid": 999,
+            "parent": {"type": "subscription_details",
+                       "subscription_details": {"subscription": subscription, "metadata": {}}},
+            "lines": {"data": [{"pricing": {"price_details": {"price": price}},
+                                "parent": {"subscription_item_details": {"proration": False}}}]}}
+
+
+async def test_an_event_that_cannot_apply_yet_is_applied_once_when_it_can(
+        sapi: Api, stripe: FakeStripe, db) -> None:
+    user = await buyer(sapi, db)
+    customer, subscription = f"cus_{uuid.uuid4().hex[:10]}", f"sub_{uuid.uuid4().hex[:10]}"
+    paid = stripe.event("invoice.paid", invoice_paid(customer, subscription))
+    status, body = await stripe.deliver(paid)  # a customer we do not know yet
+    assert (status, body["parked"], body["duplicate"]) == (200, True, False)
+    status, body = await stripe.deliver(paid)  # Stripe sends it again: tried again, still parked
+    assert (status, body["parked"], body["duplicate"]) == (200, True, False)
+    assert await db.fetchval("SELECT attempts FROM stripe_events WHERE id = $1", paid["id"]) == 2
+    assert await balance(sapi, user) == 25
+
+    # Its checkout completes: the customer is linked, and the parked invoice applies at once.
+    checkout = stripe.event("checkout.session.completed", {
+        "id": f"cs_{uuid.uuid4().hex[:8]}", "object": "checkout.session", "mode": "subscription",
+        "status": "complete", "payment_status": "paid", "client_reference_id": user.id,
+        "customer": customer, "subscription": subscription, "metadata": {}})
+    assert (await stripe.deliver(checkout))[1]["result"] == "customer linked"
+    assert await balance(sapi, user) == 125
+    row = await db.fetchrow("SELECT status, result FROM stripe_events WHERE id = $1", paid["id"])
+    assert (row["status"], row["result"]) == ("processed", "granted 100")
+    status, body = await stripe.deliver(paid)  # and once more: now a duplicate
+    assert body["duplicate"] is True and await balance(sapi, user) == 125
+
+
+async def test_the_sweep_applies_a_parked_event_once_its_price_is_configured(
+        stripe_settings, sapi: Api, stripe: FakeStripe, db) -> None:
+    user = await buyer(sapi, db)
+    price = f"price_later_{uuid.uuid4().hex[:8]}"
+    sub = stripe._create_subscription({
+        "customer": stripe._create_customer({"email": user.email, "metadata": {"user_id": user.id}})["id"],
+        "payment_behavior": "default_incomplete", "items": [{"price": "price_starter"}],
+        "metadata": {"user_id": user.id}})
+    sub["items"]["data"][0]["price"]["id"] = price  # a price this deployment has no plan for yet
+    stripe.take()
+    created = stripe.event("customer.subscription.created", sub)
+    assert "unknown price" in (await stripe.deliver(created))[1]["result"]
+    assert await db.fetchval("SELECT count(*) FROM user_subscriptions WHERE user_id = $1", uuid.UUID(user.id)) == 0
+
+    # An operator adds the plan for that price (inactive: not on sale, but known).
+    plan_id = f"later_{price[-8:]}"
+    await db.execute("INSERT INTO subscription_plans (id, name, price_cents, credits_per_period, avatar_limit, "
+                     "stripe_price_id, is_active) VALUES ($1, 'Later', 500, 50, 2, $2, false)", plan_id, price)
+    async with open_resources(stripe_settings) as res:
+        assert await retry_parked_events(res) == 0  # not due yet: parked events back off
+        await db.execute("UPDATE stripe_events SET retry_at = now() - interval '1 second' WHERE id = $1",
+                         created["id"])
+        assert await retry_parked_events(res) == 1
+        assert await retry_parked_events(res) == 0  # applied once, never again
+    row = await db.fetchrow("SELECT plan_id, status FROM user_subscriptions WHERE user_id = $1", uuid.UUID(user.id))
+    assert (row["plan_id"], row["status"]) == (plan_id, "incomplete")
+    assert await db.fetchval("SELECT status FROM stripe_events WHERE id = $1", created["id"]) == "processed"
+
+
+async def test_ordering_uses_stripes_created_never_our_clock(sapi: Api, stripe: FakeStripe, db) -> None:
+    user = await buyer(sapi, db)
+    created = await sapi.post("/api/subscriptions", json={"plan_id": "starter"}, token=user.access_token)
+    sub = stripe.subscriptions[created.body["subscription"]["stripe_subscription_id"]]
+    stripe.take()
+    # Stripe's clock is two minutes behind ours: its event is still the newest fact about the row.
+    sub["status"] = "active"
+    behind = int(time.time()) - 120
+    activated = stripe.event("customer.subscription.updated", sub, created=behind)
+    assert (await stripe.deliver(activated))[1]["result"] == "subscription updated"
+    sub["cancel_at_period_end"] = True
+    older = stripe.event("customer.subscription.updated", sub, created=behind - 10)
+    assert (await stripe.deliver(older))[1]["result"] == "subscription skipped: older than the state already applied"
+    current = (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]
+    assert (current["status"], current["cancel_at_period_end"]) == ("active", False)
+
+
+async def test_an_answer_to_our_call_never_overwrites_a_newer_webhook(sapi: Api, stripe: FakeStripe, db) -> None:
+    user = await buyer(sapi, db)
+    sub = await subscribe_and_pay(sapi, stripe, user, "starter")
+    ours = (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]
+    delivered: list = []
+
+    async def payment_fails_meanwhile(method: str, path: str) -> None:
+        if (method, path) == ("POST", f"subscriptions/{sub['id']}") and not delivered:
+            snapshot = {**json.loads(json.dumps(sub)), "status": "past_due", "cancel_at_period_end": False}
+            delivered.append(await stripe.deliver(stripe.event(
+                "customer.subscription.updated", snapshot, created=int(time.time()) + 5)))
+
+    stripe.during.append(payment_fails_meanwhile)
+    reply = await sapi.post(f"/api/subscriptions/{ours['id']}/cancel", token=user.access_token)
+    assert reply.status == 200 and delivered[0][1]["result"] == "subscription updated"
+    # Our call's answer (active, cancel at period end) is older news than the webhook's past_due.
+    assert reply.body["subscription"]["status"] == "past_due"
+    # The cancel's own event, created before the past_due one, is ordered by Stripe's clock too.
+    results = {t: b["result"] for t, _, b in await stripe.deliver_pending()}
+    assert results["customer.subscription.updated"] == "subscription skipped: older than the state already applied"
+    assert (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]["status"] == "past_due"
+
+
+async def test_signed_events_with_absurd_values_are_400_and_change_nothing(sapi: Api, stripe: FakeStripe, db) -> None:
+    user = await buyer(sapi, db)
+    sub = await subscribe_and_pay(sapi, stripe, user, "starter")
+    before = await balance(sapi, user)
+
+    def sub_with(**changes) -> dict:
+        obj = json.loads(json.dumps(sub))
+        obj.update(changes)
+        return obj
+
+    far = json.loads(json.dumps(sub))
+    far["items"]["data"][0]["current_period_start"] = 1e20
+    absurd = [
+        stripe.event("customer.subscription.updated", far),
+        stripe.event("customer.subscription.updated", sub_with(canceled_at=10**30)),
+        stripe.event("customer.subscription.updated", sub_with(status=42)),
+        stripe.event("customer.subscription.updated", sub_with(id="sub_" + "x" * 300)),
+        stripe.event("customer.subscription.updated", sub_with(items={"data": "not a list"})),
+        stripe.event("invoice.paid", {**invoice_paid(sub["customer"], sub["id"]), "amount_paid": 1e30}),
+        stripe.event("payment_intent.succeeded", {
+            "id": "pi_absurd", "object": "payment_intent", "status": "succeeded", "amount": 999,
+            "metadata": {"kind": "credit_pack", "user_id": user.id, "credits": "99999999999999"}}),
+    ]
+    huge_created = stripe.event("invoice.paid", invoice_paid(sub["customer"], sub["id"]))
+    huge_created["created"] = 10**20
+    for event in [*absurd, huge_created]:
+        status, body = await stripe.deliver(event)
+        assert (status, body["error"]) == (400, "validation_error"), (event["type"], body)
+        assert await db.fetchval("SELECT count(*) FROM stripe_events WHERE id = $1", event["id"]) == 0
+    assert await balance(sapi, user) == before
+    current = (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]
+    assert current["status"] == "active"
+
+
+async def test_a_pre_basil_payload_reads_through_the_fallbacks(
+        sapi: Api, stripe: FakeStripe, db, caplog) -> None:
+    user = await buyer(sapi, db)
+    sub = await subscribe_and_pay(sapi, stripe, user, "starter")
+    first_end = sub["items"]["data"][0]["current_period_end"]
+    invoice = stripe.renew(sub["id"])
+    stripe.take()
+    # The same renewal, as an endpoint still on an API version before basil sends it.
+    renewed = stripe.event("customer.subscription.updated", stripe.subscriptions[sub["id"]],
+                           api_version=PRE_BASIL_VERSION)
+    paid = stripe.event("invoice.paid", invoice, api_version=PRE_BASIL_VERSION)
+    old_sub, old_invoice = renewed["data"]["object"], paid["data"]["object"]
+    assert old_sub["current_period_end"] == first_end + 30 * 86400
+    assert "current_period_end" not in old_sub["items"]["data"][0]
+    assert old_invoice["subscription"] == sub["id"] and "parent" not in old_invoice
+    assert old_invoice["lines"]["data"][0]["price"]["id"] == "price_starter"
+    assert (await stripe.deliver(renewed))[1]["result"] == "subscription updated"
+    assert (await stripe.deliver(paid))[1]["result"] == "granted 100"
+    assert await balance(sapi, user) == 225
+    current = (await sapi.get("/api/subscriptions", token=user.access_token)).body["subscription"]
+    assert current["current_period_end"].startswith(
+        time.strftime("%Y-%m-%dT%H:%M", time.gmtime(first_end + 30 * 86400)))
+    # Operators are told, by a log line and a metric, that the endpoint is not on our version.
+    assert any(r.levelname == "WARNING" and PRE_BASIL_VERSION in r.getMessage() for r in caplog.records)
+    registry = sapi.app[keys.metrics].registry  # type: ignore[attr-defined]
+    assert registry.get_sample_value("stripe_webhook_api_version_mismatch_total",
+                                     {"api_version": PRE_BASIL_VERSION}) == 2
+    assert registry.get_sample_value("stripe_webhook_api_version_mismatch_total",
+                                     {"api_version": API_VERSION}) is None
+
+
+async def test_the_webhook_endpoint_is_created_on_the_pinned_api_version(stripe_settings, stripe: FakeStripe) -> None:
+    url = "https://api.example.com/api/subscriptions/webhook"
+    endpoint_id, secret = await cli._create_stripe_webhook(stripe_settings, url)
+    assert secret.startswith("whsec_")
+    [call] = stripe.calls("POST", "webhook_endpoints")
+    assert call["params"]["api_version"] == API_VERSION == stripe_sdk_version()
+    assert sorted(call["params"]["enabled_events"]) == sorted(webhooks.HANDLERS)
+    assert call["params"]["url"] == url and stripe.webhook_endpoints[endpoint_id]["api_version"] == API_VERSION
+    assert cli.cmd_stripe_webhook(stripe_settings.model_copy(update={"stripe_secret_key": None}), url) == 2
+
+
+def stripe_sdk_version() -> str:
+    import stripe as stripe_sdk
+
+    return stripe_sdk.api_version
