@@ -213,12 +213,16 @@ async def retry_parked(
     outcomes = []
     for row in (await session.execute(stmt)).all():
         try:
-            result, _ = await _apply(session, row.payload, attempts=row.attempts + 1)
-        except ValidationFailed as exc:  # cannot happen for a stored event; never block the rest
+            async with session.begin_nested():  # one bad event never blocks the others
+                result, _ = await _apply(session, row.payload, attempts=row.attempts + 1)
+        except ValidationFailed as exc:  # it was readable when parked; give it up loudly
             log.error("parked stripe event %s cannot be read: %s", row.id, exc.message)
             await session.execute(update(StripeEvent).where(StripeEvent.id == row.id).values(
                 status="dropped", result=f"dropped: {exc.message}"[:1000], retry_at=None))
             result = "dropped"
+        except Exception:
+            log.exception("parked stripe event %s failed again; left parked", row.id)
+            result = "failed"
         outcomes.append((row.id, result))
     return outcomes
 

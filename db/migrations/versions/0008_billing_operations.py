@@ -51,7 +51,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_stripe_events_parked_customer", table_name="stripe_events")
     op.drop_index("ix_stripe_events_parked", table_name="stripe_events")
-    op.drop_constraint("ck_stripe_events_status", "stripe_events", type_="check")
+    op.drop_constraint(op.f("ck_stripe_events_status"), "stripe_events", type_="check")
     for column in ("api_version", "customer_id", "retry_at", "attempts", "status"):
         op.drop_column("stripe_events", column)
     op.drop_index("uq_billing_operations_pending_user", table_name="billing_operations")
