@@ -715,15 +715,20 @@ async def test_the_sweep_applies_a_parked_event_once_its_price_is_configured(
     plan_id = f"later_{price[-8:]}"
     await db.execute("INSERT INTO subscription_plans (id, name, price_cents, credits_per_period, avatar_limit, "
                      "stripe_price_id, is_active) VALUES ($1, 'Later', 500, 50, 2, $2, false)", plan_id, price)
-    async with open_resources(stripe_settings) as res:
-        assert await retry_parked_events(res) == 0  # not due yet: parked events back off
-        await db.execute("UPDATE stripe_events SET retry_at = now() - interval '1 second' WHERE id = $1",
-                         created["id"])
-        assert await retry_parked_events(res) == 1
-        assert await retry_parked_events(res) == 0  # applied once, never again
-    row = await db.fetchrow("SELECT plan_id, status FROM user_subscriptions WHERE user_id = $1", uuid.UUID(user.id))
-    assert (row["plan_id"], row["status"]) == (plan_id, "incomplete")
-    assert await db.fetchval("SELECT status FROM stripe_events WHERE id = $1", created["id"]) == "processed"
+    try:
+        async with open_resources(stripe_settings) as res:
+            assert await retry_parked_events(res) == 0  # not due yet: parked events back off
+            await db.execute("UPDATE stripe_events SET retry_at = now() - interval '1 second' WHERE id = $1",
+                             created["id"])
+            assert await retry_parked_events(res) == 1
+            assert await retry_parked_events(res) == 0  # applied once, never again
+        row = await db.fetchrow("SELECT plan_id, status FROM user_subscriptions WHERE user_id = $1",
+                                uuid.UUID(user.id))
+        assert (row["plan_id"], row["status"]) == (plan_id, "incomplete")
+        assert await db.fetchval("SELECT status FROM stripe_events WHERE id = $1", created["id"]) == "processed"
+    finally:  # the plans table is shared by the whole run
+        await db.execute("DELETE FROM user_subscriptions WHERE plan_id = $1", plan_id)
+        await db.execute("DELETE FROM subscription_plans WHERE id = $1", plan_id)
 
 
 async def test_ordering_uses_stripes_created_never_our_clock(sapi: Api, stripe: FakeStripe, db) -> None:

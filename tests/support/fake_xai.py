@@ -26,8 +26,8 @@ from server.media import to_jpeg, write_mp4
 BODY = web.RequestKey("body", object)
 ASPECT_RATIOS = {"1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "auto"}
 
-# The models xAI lists (docs.x.ai/developers/models, checked 2026-12-01), with their documented
-# aliases. Retired slugs such as grok-4-fast-non-reasoning (2026-05-15) are not among them.
+# The models xAI lists (docs.x.ai/developers/models, checked 2026-12-01), with some of their
+# documented aliases. Retired slugs such as grok-4-fast-non-reasoning (2026-05-15) are not among them.
 MODELS: dict[str, list[str]] = {
     "grok-4.3": [],
     "grok-4.20-0309-reasoning": ["grok-4.20", "grok-4.20-reasoning", "grok-4.20-0309",
@@ -38,7 +38,8 @@ MODELS: dict[str, list[str]] = {
     "grok-imagine-image-quality": [],
     "grok-imagine-video": [],
 }
-# xAI's own texts (seen in its 400/429 answers) for scripting failures.
+# xAI's texts for a wrong key (400) and a used-up team (429), as users have reported them; xAI
+# documents no text for a rate limit, so RATE_LIMIT is only a plausible one.
 BAD_KEY = "Incorrect API key provided: xa***. You can obtain an API key from https://console.x.ai."
 NO_CREDITS = ("Your team {team} has either used all available credits or reached its monthly "
               "spending limit. To continue making API requests, please purchase more credits or "
