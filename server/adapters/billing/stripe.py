@@ -143,8 +143,9 @@ class StripeBilling:
         return subscription_state(_plain(updated))
 
     async def cancel_now(self, *, subscription: dict[str, Any], key: str) -> SubscriptionState:
+        # A DELETE: Stripe ignores idempotency keys on it and asks not to send one.
         canceled = await self._call("subscription cancel", self.client.v1.subscriptions.cancel_async(
-            subscription["stripe_subscription_id"], options={"idempotency_key": key}))
+            subscription["stripe_subscription_id"]))
         return subscription_state(_plain(canceled))
 
     async def start_pack_payment(
