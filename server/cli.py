@@ -1,4 +1,4 @@
-"""`lustify` command: dev, serve, worker, migrate, seed, ledger check."""
+"""`lustify` command: dev, serve, worker, migrate, seed, ledger check, stripe-webhook."""
 
 from __future__ import annotations
 
@@ -109,6 +109,30 @@ def cmd_ledger_check(settings: Settings) -> int:
     return asyncio.run(run_ledger_check(settings))
 
 
+async def _create_stripe_webhook(settings: Settings, url: str) -> tuple[str, str]:
+    from server.adapters.billing.stripe import StripeBilling
+    from server.billing.webhooks import HANDLERS
+
+    billing = StripeBilling(settings)
+    try:
+        return await billing.create_webhook_endpoint(url=url, events=sorted(HANDLERS))
+    finally:
+        await billing.close()
+
+
+def cmd_stripe_webhook(settings: Settings, url: str) -> int:
+    """Create the Stripe webhook endpoint, its events in our pinned API version."""
+    from server.adapters.billing.stripe_objects import API_VERSION
+
+    if settings.stripe_secret_key is None or not settings.stripe_secret_key.get_secret_value():
+        print("lustify: set STRIPE_SECRET_KEY first", file=sys.stderr)
+        return 2
+    endpoint_id, secret = asyncio.run(_create_stripe_webhook(settings, url))
+    print(f"Stripe webhook endpoint {endpoint_id} for {url} (API version {API_VERSION})")
+    print(f"STRIPE_WEBHOOK_SECRET={secret}")
+    return 0
+
+
 def _persistent_secret(path: Path) -> str:
     if not path.exists():
         path.write_text(secrets.token_hex(32))
@@ -209,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("what", choices=["worker"])
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger.add_argument("action", choices=["check"])
+    webhook = sub.add_parser("stripe-webhook", help="create the Stripe webhook endpoint (pins its API version)")
+    webhook.add_argument("url", help="public URL of /api/subscriptions/webhook")
     return parser
 
 
@@ -225,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, json=settings.log_json)
     if args.command == "seed":
         return cmd_seed(settings, demo=args.demo)
+    if args.command == "stripe-webhook":
+        return cmd_stripe_webhook(settings, args.url)
     commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check,
                 "health": cmd_health_worker}
     return commands[args.command](settings)

@@ -58,7 +58,9 @@ class Settings(BaseSettings):
 
     grok_api_key: SecretStr | None = None
     grok_base_url: str = "https://api.x.ai/v1"
-    grok_chat_model: str = "grok-4-fast-non-reasoning"
+    # xAI's replacement for the retired grok-4-fast-non-reasoning (docs/providers.md says where
+    # this was checked and how to move on); checked against GET /v1/models at startup.
+    grok_chat_model: str = "grok-4.20-0309-non-reasoning"
     grok_image_model: str = "grok-imagine-image"
     grok_video_model: str = "grok-imagine-video"
     grok_timeout_seconds: float = 120.0
@@ -72,6 +74,10 @@ class Settings(BaseSettings):
     stripe_price_enterprise: str = "price_enterprise"
     stripe_webhook_tolerance_seconds: int = 300
     stripe_timeout_seconds: float = 30.0
+    # A billing change still unfinished after this long (its process died) is finished by the sweep.
+    billing_operation_stale_seconds: int = Field(300, ge=1)
+    billing_lock_wait_seconds: float = 15.0  # a second billing change of one user waits this long
+    stripe_parked_event_days: int = 3  # events that cannot apply yet are retried this long
     # One-off credit packs sold through payment intents: "id:credits:price_cents", comma-separated.
     credit_packs: CommaList = Field(
         default_factory=lambda: ["credits_100:100:999", "credits_500:500:3999",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -38,6 +40,12 @@ class Resources:
     billing: BillingGateway
 
 
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def make_redis(settings: Settings) -> Redis:
     # Short timeouts: a dead Redis must surface as a 503 in seconds, not hang requests.
     return Redis.from_url(
@@ -63,6 +71,9 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         publisher = Publisher(redis, settings, metrics)
         ai = make_ai(settings)
         stack.push_async_callback(ai.aclose)
+        # In the background: a missing model is logged and shown in /health, never a failed start.
+        model_check = asyncio.create_task(ai.check_models(), name="ai-model-check")
+        stack.push_async_callback(_stop, model_check)
         storage = make_storage(settings)
         stack.push_async_callback(storage.aclose)
         billing = make_billing(settings)

@@ -25,6 +25,8 @@ class HealthOut(BaseModel):
     status: str
     checks: dict[str, str]
     version: str
+    # Provider details (e.g. an AI model the provider does not offer): shown, never a 503.
+    providers: dict[str, dict] = {}
 
 
 async def _check_database(res: Resources) -> str:
@@ -61,7 +63,8 @@ async def health(request: web.Request) -> web.Response:
         checks["server"] = "draining"  # a deploy is stopping this process
     healthy = all(v == "ok" for v in checks.values())
     checks["worker"] = worker  # a load balancer must not drop this server when no worker runs
-    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__}
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__,
+            "providers": {"ai": res.ai.model_status()}}
     if not healthy:
         failing = ", ".join(name for name, v in checks.items() if v != "ok")
         body |= {"error": "service_unavailable", "message": f"Unhealthy: {failing}", "details": []}

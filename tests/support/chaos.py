@@ -46,11 +46,12 @@ class Report:
     out_of_order: int = 0
     reconnects: int = 0
     unsettled: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)  # the log of each 500
 
     def problems(self) -> list[str]:
         found = []
-        if self.statuses.get(500):
-            found.append(f"{self.statuses[500]} responses were 500")
+        if self.statuses.get(500) or self.server_errors:
+            found.append(f"{self.statuses.get(500, 0)} responses were 500: {self.server_errors[:2]}")
         for name in ("charged_twice", "refund_mismatch", "unsettled"):
             if getattr(self, name):
                 found.append(f"{name}: {getattr(self, name)[:5]}")
@@ -240,6 +241,8 @@ async def run(base: Settings, *, generations: int = 30, rate: float = 5.0, users
         for client in clients:
             report.reconnects += client.disconnects
             await client.sio.disconnect()
+        for server in servers:
+            report.server_errors.extend(server.errors())
         return report
     finally:
         for proc in reversed(procs):

@@ -48,9 +48,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ServerProcess:
-        self.proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "server.cli", "serve"], env=self.env,
-            cwd=self.cwd, stdout=subprocess.DEVNULL)
+        self.log = Path(self.cwd) / "server.log"
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.to_thread(
+                subprocess.Popen, [sys.executable, "-m", "server.cli", "serve"], env=self.env,
+                cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
         deadline = asyncio.get_running_loop().time() + 20
         async with aiohttp.ClientSession() as http:
             while asyncio.get_running_loop().time() < deadline:
@@ -64,6 +66,11 @@ class ServerProcess:
                     pass
                 await asyncio.sleep(0.1)
         raise RuntimeError("server did not start")
+
+    def errors(self) -> list[str]:
+        """Log lines of unhandled errors (each a 500 a client saw), with what follows them."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return ["\n".join(lines[i:i + 25]) for i, line in enumerate(lines) if "unhandled error" in line]
 
     async def __aexit__(self, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:
