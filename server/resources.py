@@ -18,6 +18,7 @@ from server.adapters.billing import BillingGateway, make_billing
 from server.adapters.email import Mailer, make_mailer
 from server.adapters.storage import Storage, make_storage
 from server.config import Settings
+from server.moderation import Moderator, make_moderator
 from server.ratelimit import RateLimiter
 from server.realtime.publisher import Publisher
 
@@ -34,6 +35,7 @@ class Resources:
     publisher: Publisher
     mailer: Mailer
     ai: AIProvider
+    moderator: Moderator  # every text bound for a model is screened through it
     storage: Storage
     billing: BillingGateway
 
@@ -63,6 +65,8 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         publisher = Publisher(redis, settings, metrics)
         ai = make_ai(settings)
         stack.push_async_callback(ai.aclose)
+        moderator = make_moderator(settings)
+        stack.push_async_callback(moderator.aclose)
         storage = make_storage(settings)
         stack.push_async_callback(storage.aclose)
         billing = make_billing(settings)
@@ -78,6 +82,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             publisher=publisher,
             mailer=make_mailer(settings),
             ai=ai,
+            moderator=moderator,
             storage=storage,
             billing=billing,
         )

@@ -96,7 +96,8 @@ async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
     res = ctx.resources
     await res.rate_limiter.hit("generation", f"user:{ctx.user.id}")
     return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
-                                                   queue=res.queue, storage=res.storage)
+                                                   queue=res.queue, storage=res.storage,
+                                                   moderator=res.moderator)
 
 
 @action("content.cancel", body=CancelIn)
