@@ -8,7 +8,9 @@ expressions are used only for ages and school grades, on bounded patterns.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from server.moderation.text import tokens as split_tokens
 Context = Literal["avatar", "prompt"]
 CATEGORIES = ("minors", "non_consent", "real_people", "bestiality", "incest")
 RULES_FILE = Path(__file__).with_name("rules.json")
+MAX_SPLIT = 40  # longest word tried as two words run together (each try is O(length))
 
 _WORD = re.compile(r"[^\W_]+")
 _LETTERS = re.compile(r"[^\W\d_]+")
@@ -130,7 +133,9 @@ class _Index:
         self.stem_lengths: list[int] = []
         self.fragments: dict[str, list[_Entry]] = {}
         self.fragment_pattern: re.Pattern[str] | None = None
-        self.inside: dict[int, set[str]] = {}  # single-word keys by length, for spelled-out runs
+        self.heads: set[str] = set()  # first three letters of every single-word key
+        self.stem_heads: set[str] = set()
+        self.trie: dict[str, Any] = {}  # single-word keys letter by letter ("" ends a key), for spelled-out runs
 
     def add_term(self, term: str, group: str) -> None:
         folded = " ".join(split_tokens(fold(plain(term))))
@@ -152,7 +157,10 @@ class _Index:
     def _put(self, key: str, entry: _Entry) -> None:
         self.words.setdefault(key, []).append(entry)
         if " " not in key and len(key) >= 3:
-            self.inside.setdefault(len(key), set()).add(key)
+            node = self.trie
+            for letter in key:
+                node = node.setdefault(letter, {})
+            node.setdefault("", []).append(entry)
 
     def add_stem(self, stem: str, group: str) -> None:
         key = term_key(stem).replace(" ", "")
@@ -166,6 +174,8 @@ class _Index:
 
     def seal(self) -> None:
         self.stem_lengths = sorted({len(k) for k in self.stems})
+        self.stem_heads = {k[:3] for k in self.stems}
+        self.heads = {k[:3] for k in self.words if " " not in k}
         if self.fragments:
             alternatives = sorted(self.fragments, key=len, reverse=True)
             self.fragment_pattern = re.compile("|".join(map(re.escape, alternatives)))
@@ -235,28 +245,27 @@ class ContentPolicy:
 
     def _match(self, words: list[str], found: Hits, *, view: int) -> None:
         index = self.index
-        squeezed = [squeeze(w) for w in words]
-        masked = self._masked(words, squeezed)
+        # Squeezing the whole text at once keeps the words apart: a blank never repeats a letter.
+        squeezed = _WORD.findall(squeeze(" ".join(words)))
+        masked = self._masked(words, squeezed) if self._allowed.words else set()
         count = len(words)
+        heads = index.heads
         for i in range(count):
             if i in masked:
                 continue
             word, key = words[i], squeezed[i]
-            if not self._lookup(key, word, found, view, i) and len(word) >= 6:
-                self._split(word, found, view, i)
+            if not self._lookup(key, word, found, view, i) and 6 <= len(word) <= MAX_SPLIT and key[:3] in heads:
+                self._split(key, word, found, view, i)
             if key in index.starts:
                 for n in range(2, min(index.max_words, count - i) + 1):
                     if i + n - 1 in masked:
                         break
                     self._lookup(" ".join(squeezed[i:i + n]), " ".join(words[i:i + n]), found, view, i)
-            for length in index.stem_lengths:
-                if length > len(key):
-                    break
-                for entry in index.stems.get(key[:length], ()):
-                    found.add(entry, view, i)
-            if index.fragment_pattern is not None and len(key) >= 4:
-                for m in index.fragment_pattern.finditer(key):
-                    for entry in index.fragments[m.group()]:
+            if key[:3] in index.stem_heads:
+                for length in index.stem_lengths:
+                    if length > len(key):
+                        break
+                    for entry in index.stems.get(key[:length], ()):
                         found.add(entry, view, i)
             # "lo li", "ra pe": a word split in two short pieces
             if i + 1 < count and min(len(key), len(squeezed[i + 1])) <= 2 and i + 1 not in masked:
@@ -266,6 +275,14 @@ class ContentPolicy:
                     if (len(joined) >= 4 or not entry.group.startswith("lex:")) and " " not in entry.key \
                             and _long_enough(entry, joined):
                         found.add(entry, view, i)
+        if index.fragment_pattern is not None:
+            text = " ".join(squeezed)
+            starts = list(itertools.accumulate((len(k) + 1 for k in squeezed), initial=0))
+            for m in index.fragment_pattern.finditer(text):
+                position = bisect.bisect_right(starts, m.start()) - 1
+                if position not in masked:
+                    for entry in index.fragments[m.group()]:
+                        found.add(entry, view, position)
 
     def _lookup(self, key: str, text: str, found: Hits, view: int, position: int) -> bool:
         """A word or phrase, else without a plural ending; True if it matched."""
@@ -284,31 +301,39 @@ class ContentPolicy:
                     return True
         return False
 
-    def _split(self, word: str, found: Hits, view: int, position: int) -> None:
+    def _split(self, key: str, word: str, found: Hits, view: int, position: int) -> None:
         """Two known words written as one ("#sexyteen", "nakedkid"); both halves must be terms."""
         words = self.index.words
-        for cut in range(3, len(word) - 2):
-            left, right = word[:cut], word[cut:]
-            first = [e for e in words.get(squeeze(left), ()) if " " not in e.key and _long_enough(e, left)]
-            if not first:
+        for cut in range(3, len(key) - 2):
+            first = words.get(key[:cut])
+            second = words.get(key[cut:]) if first else None
+            if not second:
                 continue
-            second = [e for e in words.get(squeeze(right), ()) if " " not in e.key and _long_enough(e, right)]
-            for entry in (first + second) if second else ():
-                found.add(entry, view, position)
+            # Back to the written word: where does the cut fall once stretched letters count?
+            at = sum(_runs(word)[:cut])
+            left, right = word[:at], word[at:]
+            pieces = [e for e in first if " " not in e.key and _long_enough(e, left)]
+            pieces += [e for e in second if " " not in e.key and _long_enough(e, right)]
+            if len({e.key for e in pieces}) >= 2:
+                for entry in pieces:
+                    found.add(entry, view, position)
 
     def _inside(self, run: str, found: Hits, position: int) -> None:
         """Terms anywhere inside a spelled-out run ("n a k e d k i d" -> nakedkid)."""
         key = squeeze(run)
         lengths = _runs(run)
-        for length, keys in self.index.inside.items():
-            for start in range(len(key) - length + 1):
-                piece = key[start:start + length]
-                if piece in keys:
-                    for entry in self.index.words[piece]:
-                        if entry.runs is None or all(
-                            have >= need for have, need in zip(lengths[start:start + length], entry.runs, strict=True)
-                        ):
-                            found.add(entry, 1, position)
+        trie = self.index.trie
+        for start in range(len(key)):
+            node = trie
+            for end in range(start, len(key)):  # a walk ends at the first letter no term continues with
+                node = node.get(key[end])
+                if node is None:
+                    break
+                for entry in node.get("", ()):
+                    if entry.runs is None or all(
+                        have >= need for have, need in zip(lengths[start:end + 1], entry.runs, strict=True)
+                    ):
+                        found.add(entry, 1, position)
 
     def _masked(self, words: list[str], squeezed: list[str]) -> set[int]:
         """Positions inside an allowed phrase ("minor key", "teen titans")."""
@@ -328,8 +353,10 @@ class ContentPolicy:
 
     def _numerals(self, plain_text: str) -> str:
         """Number words as digits: "twenty-one year old" -> "21 year old", "quince años" -> "15 anos"."""
-        text = plain_text.translate(_APOSTROPHES)
-        text = _LETTERS.sub(lambda m: str(self.number_words.get(m.group(), m.group())), text)
+        # One space between words: no pattern then backtracks over a long run of blanks.
+        text = " ".join(plain_text.translate(_APOSTROPHES).split())
+        if not self.number_words.keys().isdisjoint(_LETTERS.findall(text)):
+            text = _LETTERS.sub(lambda m: str(self.number_words.get(m.group(), m.group())), text)
         text = _TENS.sub(lambda m: str(int(m.group(1)) + int(m.group(2))), text)
         return _TEENS_FR.sub(lambda m: str(10 + int(m.group(1))), text)
 
@@ -359,7 +386,7 @@ class ContentPolicy:
 
     def school_grade(self, plain_text: str) -> bool:
         """A school grade from first to twelfth (a teacher of one is not a pupil)."""
-        text = plain_text.translate(_APOSTROPHES)
+        text = " ".join(plain_text.translate(_APOSTROPHES).split())
         for match in _GRADE.finditer(text):
             grade = next(int(g) for g in match.groups() if g is not None)
             if 0 < grade <= 12:
@@ -396,7 +423,9 @@ class ContentPolicy:
             return self.school_grade(plain_text)
         if rule.near is not None:
             first, second = (found.places.get(g, []) for g in rule.near)
-            return any(v == w and i != j and abs(i - j) <= rule.window for v, i in first for w, j in second)
+            others = set(second)
+            return any((v, j) in others for v, i in first
+                       for j in range(i - rule.window, i + rule.window + 1) if j != i)
         if rule.pair is not None:
             return len(found.terms.get(rule.pair, ())) >= 2
         return False
