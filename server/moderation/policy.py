@@ -44,7 +44,7 @@ _AGE = re.compile("|".join([
     # aged 15, age 15, age: 15, age of 15, edad de 15, idade 15, alter 15, возраст 15
     rf"(?<![^\W_])(?:aged?|age\s+of|edad(?:\s+de)?|idade(?:\s+de)?|alter(?:\s+von)?|возраст\w*)\s*:?\s*{_N}(?!\s*(?:%|cm|mm|kg|\d))",
     # she is 15, she's 15, im 15, tiene 15, tem 15, ist 15, ей 15 (a sentence or an age unit follows)
-    rf"(?<![^\W_])(?:(?:she|he|i|who|girl|boy)\s+(?:is|was|am|turned|turns)|shes|hes|im|tiene|tenia|tem|tinha|ist|war|ей|ему|мне)\s+(?:only\s+|just\s+|barely\s+|erst\s+|solo\s+|so\s+|всего\s+)?{_N}{_END}",
+    rf"(?<![^\W_])(?:(?:she|he|i|who|girl|boy)\s+(?:just\s+|only\s+)?(?:is|was|am|turned|turns)|shes|hes|im|tiene|tenia|tem|tinha|ist|war|ей|ему|мне)\s+(?:only\s+|just\s+|barely\s+|erst\s+|solo\s+|so\s+|всего\s+)?{_N}{_END}",
     # looks 15, looks like a 15, parece de 15, sieht aus wie 15, выглядит на 15
     rf"(?<![^\W_])(?:looks?|looking|appears?|seems?|parece|aparenta|sieht\s+aus\s+wie|wirkt\s+wie|выглядит\s+на)\s+(?:like\s+)?(?:about\s+|around\s+|maybe\s+|only\s+|barely\s+|de\s+|ter\s+)?(?:an?\s+)?{_N}{_END}",
     # 15 años, 15 anos, 15 ans (durations like "hace 15 años" are told apart below)
