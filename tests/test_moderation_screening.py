@@ -17,7 +17,7 @@ from db.models import GeneratedContent
 from db.session import transaction
 from server import keys
 from server.adapters.ai.base import ProviderError
-from server.moderation import Moderator, load_policy
+from server.moderation import Moderator
 from server.moderation.classifier import (
     SCHEMA_NAME,
     ClassifierUnavailable,
