@@ -20,6 +20,9 @@ import unicodedata
 from datetime import date
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from server.errors import ContentPolicyViolation
 from server.moderation import load_policy, screen
@@ -194,3 +197,10 @@ def test_screening_time_grows_linearly(shape: str) -> None:
 
     small, large = cost(5_000), cost(20_000)
     assert large < 8 * small + 0.02, (shape, small, large)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60))
+def test_ascii_text_folds_the_same_on_the_fast_path(text: str) -> None:
+    """ASCII takes one-to-one tables; the full Unicode path must read it identically."""
+    assert fold(text) + " 中" == fold(text + " 中")

@@ -135,6 +135,7 @@ class _Index:
         self.fragment_pattern: re.Pattern[str] | None = None
         self.heads: set[str] = set()  # first three letters of every single-word key
         self.stem_heads: set[str] = set()
+        self.any_heads: set[str] = set()  # ... of every key, phrase and stem: a word outside them matches nothing
         self.trie: dict[str, Any] = {}  # single-word keys letter by letter ("" ends a key), for spelled-out runs
 
     def add_term(self, term: str, group: str) -> None:
@@ -176,6 +177,7 @@ class _Index:
         self.stem_lengths = sorted({len(k) for k in self.stems})
         self.stem_heads = {k[:3] for k in self.stems}
         self.heads = {k[:3] for k in self.words if " " not in k}
+        self.any_heads = {k[:3] for k in self.words} | self.stem_heads
         if self.fragments:
             alternatives = sorted(self.fragments, key=len, reverse=True)
             self.fragment_pattern = re.compile("|".join(map(re.escape, alternatives)))
@@ -246,37 +248,40 @@ class ContentPolicy:
     def _match(self, words: list[str], found: Hits, *, view: int) -> None:
         index = self.index
         # Squeezing the whole text at once keeps the words apart: a blank never repeats a letter.
-        squeezed = _WORD.findall(squeeze(" ".join(words)))
+        text = squeeze(" ".join(words))
+        squeezed = _WORD.findall(text)
         masked = self._masked(words, squeezed) if self._allowed.words else set()
         count = len(words)
-        heads = index.heads
-        for i in range(count):
-            if i in masked:
-                continue
+        heads, any_heads = index.heads, index.any_heads
+        # Most words of most texts start like no term at all: only the others are looked at.
+        for i in [i for i, key in enumerate(squeezed) if key[:3] in any_heads and i not in masked]:
             word, key = words[i], squeezed[i]
-            if not self._lookup(key, word, found, view, i) and 6 <= len(word) <= MAX_SPLIT and key[:3] in heads:
+            head = key[:3]
+            if not self._lookup(key, word, found, view, i) and 6 <= len(word) <= MAX_SPLIT and head in heads:
                 self._split(key, word, found, view, i)
             if key in index.starts:
                 for n in range(2, min(index.max_words, count - i) + 1):
                     if i + n - 1 in masked:
                         break
                     self._lookup(" ".join(squeezed[i:i + n]), " ".join(words[i:i + n]), found, view, i)
-            if key[:3] in index.stem_heads:
+            if head in index.stem_heads:
                 for length in index.stem_lengths:
                     if length > len(key):
                         break
                     for entry in index.stems.get(key[:length], ()):
                         found.add(entry, view, i)
-            # "lo li", "ra pe": a word split in two short pieces
-            if i + 1 < count and min(len(key), len(squeezed[i + 1])) <= 2 and i + 1 not in masked:
-                joined = word + words[i + 1]
-                for entry in index.words.get(squeeze(joined), ()):
-                    # Short joins only for rule terms: "it's ex" must not read as "sex".
-                    if (len(joined) >= 4 or not entry.group.startswith("lex:")) and " " not in entry.key \
-                            and _long_enough(entry, joined):
-                        found.add(entry, view, i)
+        # "lo li", "ra pe": a word split in two short pieces
+        short = {i for i, key in enumerate(squeezed) if len(key) <= 2}
+        for i in sorted({j for k in short for j in (k - 1, k) if 0 <= j < count - 1}):
+            if i in masked or i + 1 in masked:
+                continue
+            joined = words[i] + words[i + 1]
+            for entry in index.words.get(squeeze(joined), ()):
+                # Short joins only for rule terms: "it's ex" must not read as "sex".
+                if (len(joined) >= 4 or not entry.group.startswith("lex:")) and " " not in entry.key \
+                        and _long_enough(entry, joined):
+                    found.add(entry, view, i)
         if index.fragment_pattern is not None:
-            text = " ".join(squeezed)
             starts = list(itertools.accumulate((len(k) + 1 for k in squeezed), initial=0))
             for m in index.fragment_pattern.finditer(text):
                 position = bisect.bisect_right(starts, m.start()) - 1
@@ -340,6 +345,8 @@ class ContentPolicy:
         allowed = self._allowed
         masked: set[int] = set()
         for i, key in enumerate(squeezed):
+            if key[:3] not in allowed.any_heads:
+                continue
             if key in allowed.starts:
                 for n in range(2, min(allowed.max_words, len(words) - i) + 1):
                     phrase = " ".join(squeezed[i:i + n])

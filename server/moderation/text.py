@@ -35,6 +35,7 @@ class Tables:
     drop: dict[int, None]  # zero-width, format and combining characters
     skeleton: dict[int, str]  # UTS #39 confusable -> prototype
     residual: dict[int, str]  # prototypes that still look like a Latin letter: small capitals, l
+    ascii_skeleton: dict[int, str]  # its one-to-one part for ASCII text (m, " and % are replaced first)
     letters: dict[int, str]  # the skeleton without digits and the symbols digits look like
     small_capitals: dict[int, str]
 
@@ -87,8 +88,11 @@ def tables() -> Tables:
     skeleton = skeleton_table()
     letters = {cp: v for cp, v in skeleton.items() if not chr(cp).isdigit() and not any(c.isdigit() for c in v)}
     small_capitals = {cp: v for cp, v in residual.items() if cp != ord("l")}
-    return Tables(drop=drop, skeleton=skeleton, residual=residual, letters=letters,
-                  small_capitals=small_capitals)
+    ascii_skeleton = {cp: v for cp, v in skeleton.items() if cp < 128 and len(v) == 1}
+    if {chr(cp) for cp in skeleton if cp < 128} - {chr(cp) for cp in ascii_skeleton} != {"m", '"', "%"}:
+        raise ValueError("confusables data: the ASCII characters mapped to several changed")
+    return Tables(drop=drop, skeleton=skeleton, residual=residual, ascii_skeleton=ascii_skeleton,
+                  letters=letters, small_capitals=small_capitals)
 
 
 def plain(text: str) -> str:
@@ -100,9 +104,12 @@ def plain(text: str) -> str:
 def fold(plain_text: str) -> str:
     """A plain text's look-alike reading: UTS #39 skeleton, leetspeak, l/i merged."""
     t = tables()
-    s = _PICTOGRAPH.sub("o", plain_text)
+    s = plain_text if plain_text.isascii() else _PICTOGRAPH.sub("o", plain_text)
     s = _LEET_SYMBOL.sub(lambda m: LEET_SYMBOLS[m.group()], s)
-    s = s.translate(t.skeleton)
+    if s.isascii():  # the same mapping; one-to-one tables keep str.translate on its fast path
+        s = s.replace("m", "rn").replace('"', "''").replace("%", "º/₀").translate(t.ascii_skeleton)
+    else:
+        s = s.translate(t.skeleton)
     # Prototypes may be capitals or carry marks (Cherokee NA -> O with a stroke overlay).
     s = unicodedata.normalize("NFD", s.casefold()).translate(t.drop)
     return s.translate(t.residual).translate(_DIGITS)
