@@ -30,6 +30,7 @@ MAX_SPLIT = 40  # longest word tried as two words run together (each try is O(le
 
 _WORD = re.compile(r"[^\W_]+")
 _LETTERS = re.compile(r"[^\W\d_]+")
+_MASKED = re.compile(r"[^\W_]*(?:[*#][^\W_]*)+")
 _TENS = re.compile(r"(?<!\d)([2-9]0)(?:\s*-\s*|\s+)(?:(?:and|y|e|et)\s+)?([1-9])(?!\d)")
 _TEENS_FR = re.compile(r"(?<!\d)10(?:\s*-\s*|\s+)([7-9])(?!\d)")  # dix-sept, dix-huit, dix-neuf
 _APOSTROPHES = str.maketrans("", "", "'’`´")
@@ -136,6 +137,7 @@ class _Index:
         self.heads: set[str] = set()  # first three letters of every single-word key
         self.stem_heads: set[str] = set()
         self.any_heads: set[str] = set()  # ... of every key, phrase and stem: a word outside them matches nothing
+        self.by_length: dict[int, list[tuple[str, _Entry]]] = {}  # single words as written, for masked letters
         self.trie: dict[str, Any] = {}  # single-word keys letter by letter ("" ends a key), for spelled-out runs
 
     def add_term(self, term: str, group: str) -> None:
@@ -146,6 +148,8 @@ class _Index:
         runs = _runs(folded)
         entry = _Entry(group, key, runs if any(r > 1 for r in runs) else None)
         self._put(key, entry)
+        if " " not in folded:
+            self.by_length.setdefault(len(folded), []).append((folded, entry))
         words = key.split()
         if len(words) > 1:
             self.starts.add(words[0])
@@ -243,7 +247,21 @@ class ContentPolicy:
             self._match(merged, found, view=1)
             for position, run in runs:
                 self._inside(run, found, position)
+        if "*" in folded or "#" in folded:
+            self._masks(folded, [a for a, _ in spans], found)
         return found, plain_text
+
+    def _masks(self, folded: str, starts: list[int], found: Hits) -> None:
+        """Letters hidden behind a star ("r*pe", "n*k*d"): each star stands for one letter."""
+        for m in _MASKED.finditer(folded):
+            token = m.group()
+            if not 3 <= len(token) <= 24 or sum(ch not in "*#" for ch in token) < 2:
+                continue
+            pattern = re.compile("".join(r"[^\W_]" if ch in "*#" else re.escape(ch) for ch in token))
+            position = bisect.bisect_left(starts, m.start())
+            for term, entry in self.index.by_length.get(len(token), ()):
+                if pattern.fullmatch(term):
+                    found.add(entry, 0, position)
 
     def _match(self, words: list[str], found: Hits, *, view: int) -> None:
         index = self.index
