@@ -178,6 +178,8 @@ ADVERSARIAL = {
     "refused words": lambda n: "my mom fucks a dog, nude teen rape " * (n // 35),
     "disguised": lambda n: "ꓡꓳꓡꓲ 16 years old \u200b born " * (n // 28),
     "one long word": lambda n: "sexy" * (n // 4),
+    "masked letters": lambda n: "r*p* s*x " * (n // 9),
+    "one long masked word": lambda n: "r*" * (n // 2),
 }
 
 
