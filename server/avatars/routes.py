@@ -39,7 +39,7 @@ async def list_avatars(request: web.Request, reader: asyncpg.Connection, user: C
 
 
 @routes.post("/api/avatars", body=AvatarCreateIn, response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 422, 503))
+             errors=(402, 403, 422, 503), idempotent=True)
 async def create_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
                         body: AvatarCreateIn) -> dict:
     """Create an avatar (10 credits); its profile and thumbnail are made by a job."""
@@ -69,11 +69,11 @@ async def get_avatar(request: web.Request, session: AsyncSession, user: CurrentU
 
 @routes.put(AVATAR, body=AvatarUpdateIn, response=AvatarOut, errors=(404, 409, 422, 503))
 async def update_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
-                        body: AvatarUpdateIn, reader: asyncpg.Connection) -> dict:
+                        body: AvatarUpdateIn) -> dict:
     """Change an avatar's name, age, description, appearance, personality or style (screened again)."""
     res = request.app[keys.resources]
     return await service.update_avatar(session, user_id=user.id, avatar_id=_avatar_id(request), data=body,
-                                       storage=res.storage, reader=reader, moderator=res.moderator)
+                                       storage=res.storage, readers=res.reader, moderator=res.moderator)
 
 
 @routes.delete(AVATAR, status=204, errors=(404,))
@@ -84,11 +84,12 @@ async def delete_avatar(request: web.Request, session: AsyncSession, user: Curre
 
 
 @routes.post(AVATAR + "/regenerate-thumbnail", response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 404, 409))
-async def regenerate_thumbnail(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+             errors=(402, 403, 404, 409), idempotent=True)
+async def regenerate_thumbnail(request: web.Request, session: AsyncSession, user: CurrentUser,
+                               idempotency_key: str | None) -> dict:
     """Make a new thumbnail (5 credits); an Idempotency-Key header makes retries safe."""
     res = request.app[keys.resources]
     return await service.regenerate_thumbnail(
         session, user=user, avatar_id=_avatar_id(request), storage=res.storage, queue=res.queue,
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=idempotency_key,
     )
