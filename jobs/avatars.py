@@ -56,6 +56,7 @@ async def _make(res: Any, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | Non
         profile = await res.ai.character_profile(AvatarSpec(
             name=row["name"], age=row["age"], seed=row["seed"], description=row["description"],
             appearance=row["appearance"] or {}, personality=row["personality"], style=row["style"]))
+        await res.moderator.screen_profile(profile, user_id=row["user_id"])
         async with transaction(res.sessionmaker) as session:
             profile = await service.save_profile(session, avatar_id=avatar_id, profile=profile)
         if profile is None:

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     grok_video_model: str = "grok-imagine-video"
     grok_timeout_seconds: float = 120.0
     local_ai_delay_ms: int = 300
+    # The content classifier (second screening layer, with Grok): past this a request is refused (503).
+    moderation_timeout_seconds: float = Field(8.0, gt=0, le=60)
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None

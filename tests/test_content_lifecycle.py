@@ -33,7 +33,8 @@ async def _current_user(res, user_id: uuid.UUID):
 async def _generate(res, user) -> uuid.UUID:
     async with transaction(res.sessionmaker) as session:
         content = await service.create_generation(session, user=user, request=GenerateImageIn(prompt="x"),
-                                                  queue=res.queue, storage=res.storage)
+                                                  queue=res.queue, storage=res.storage,
+                                                  moderator=res.moderator)
     return uuid.UUID(str(content["id"]))
 
 

@@ -165,6 +165,7 @@ class GenerationRun:
         if prompt is None:
             await self.step("enhancing_prompt", 10)
             prompt = await ai.enhance_prompt(prompt=row["prompt"], kind=row["type"], profile=profile)
+            await self.res.moderator.screen_enhanced_prompt(prompt, user_id=row["user_id"])
             await self.step("enhancing_prompt", 20, enhanced_prompt=prompt)
         params = row["params"]
         stamp = int(time.time() * 1000)

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from server.media import to_jpeg, write_mp4
 
 BODY = web.RequestKey("body", object)
+CLASSIFIER_SCHEMA = "content_policy_verdict"  # server/moderation/classifier.py
 ASPECT_RATIOS = {"1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "auto"}
 
 # The models xAI lists (docs.x.ai/developers/models, checked 2026-12-01), with some of their
@@ -174,6 +175,8 @@ class FakeXai:
             return _invalid("messages must be a non-empty list of {role, content}", 422)
         user_text = messages[-1]["content"]
         fmt = body.get("response_format")
+        if isinstance(fmt, dict) and (fmt.get("json_schema") or {}).get("name") == CLASSIFIER_SCHEMA:
+            return await self._classify(body)
         if fmt is not None:
             if fmt.get("type") != "json_schema" or not isinstance(fmt.get("json_schema"), dict) \
                     or not isinstance(fmt["json_schema"].get("schema"), dict) or not fmt["json_schema"].get("name"):
@@ -279,3 +282,48 @@ class FakeXai:
             frames = [Image.new("RGB", (64, 48), (i * 20, 50, 100)) for i in range(6)]
             return web.Response(body=write_mp4(frames, size=(64, 48), fps=6), content_type="video/mp4")
         raise web.HTTPNotFound()
+
+    # -- content classifier (server/moderation/classifier.py) -----------------------------------
+    # The studio's second screening layer asks chat completions for a verdict whose schema is
+    # named "content_policy_verdict". Tests script it: `classifier_flags` maps a lowercase
+    # substring to the category answered for texts that contain it (anything else is allowed);
+    # `classifier_mode` breaks it: "slow" (answers after classifier_delay_seconds), "malformed"
+    # (JSON that is not the schema), "not_json", "refusal" (the model declines), "error" (500).
+    classifier_flags: dict[str, str] = field(default_factory=dict)
+    classifier_mode: str = "answer"
+    classifier_delay_seconds: float = 0.0
+
+    def classifier_calls(self) -> list[Seen]:
+        """Chat calls that asked for a content verdict, oldest first."""
+        return [r for r in self.calls("POST /v1/chat/completions")
+                if ((r.body or {}).get("response_format") or {}).get("json_schema", {}).get("name") == CLASSIFIER_SCHEMA]
+
+    async def _classify(self, body: dict[str, Any]) -> web.Response:
+        spec = body["response_format"]["json_schema"]
+        schema = spec.get("schema") or {}
+        if schema.get("required") != ["allowed", "category"] or schema.get("additionalProperties") is not False:
+            return _invalid("json_schema: strict object schema expected")
+        text = body["messages"][-1]["content"]
+        if self.classifier_mode == "error":
+            return web.json_response({"code": "Internal error", "error": "classifier overloaded"}, status=500)
+        if self.classifier_mode == "slow":
+            await asyncio.sleep(self.classifier_delay_seconds)
+        verdict: Any = {"allowed": True, "category": "none"}
+        for marker, category in self.classifier_flags.items():
+            if marker in text.lower():
+                verdict = {"allowed": False, "category": category}
+                break
+        refusal = None
+        content = orjson.dumps(verdict).decode()
+        if self.classifier_mode == "malformed":
+            content = orjson.dumps({"verdict": "fine"}).decode()
+        elif self.classifier_mode == "not_json":
+            content = "I think this is fine."
+        elif self.classifier_mode == "refusal":
+            content, refusal = None, "I can't help with that."
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 8, "total_tokens": 208},
+        })
