@@ -56,7 +56,7 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-// Only http(s), same-origin paths and blob: URLs reach href/src: never javascript: or data:.
+// Only http(s), same-origin paths and blob: URLs reach href/src: no script or data URLs.
 export function safeUrl(value) {
   const text = String(value);
   try {

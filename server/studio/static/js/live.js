@@ -47,7 +47,7 @@ export class Live {
     this.refused = 0;
     this.gapTimer = null;
     this.state = 'offline';
-    this.stats = { applied: 0, duplicates: 0, replays: 0, connects: 0 };
+    this.stats = { applied: 0, duplicates: 0, replays: 0, connects: 0, resumedFrom: null };
   }
 
   start() {
@@ -59,7 +59,8 @@ export class Live {
       reconnectionDelayMax: 8000,
       // Called before every (re)connect: a fresh token and where to resume from.
       auth: (cb) => {
-        this.authPayload().then(cb, () => {});
+        // A failed refresh still answers: the server then refuses and refusedBy() takes over.
+        this.authPayload().then(cb, () => cb({ token: session.token() || '' }));
       },
     });
     const socket = this.socket;
@@ -94,7 +95,7 @@ export class Live {
     this.seen.clear();
     this.held = [];
     this.replaying = false;
-    this.stats = { applied: 0, duplicates: 0, replays: 0, connects: 0 };
+    this.stats = { applied: 0, duplicates: 0, replays: 0, connects: 0, resumedFrom: null };
     this.setState('offline');
   }
 
@@ -111,6 +112,7 @@ export class Live {
     if (session.expiringSoon()) await session.refresh();
     const auth = { token: session.token() };
     if (this.lastId !== null) auth.last_event_id = this.lastId;
+    this.stats.resumedFrom = this.lastId;
     return auth;
   }
 

@@ -105,7 +105,18 @@ export function addLedgerRow(row, { quiet = false } = {}) {
   if (!quiet) notify('ledger');
 }
 
-export const sortedByNewest = (items) => [...items].sort((a, b) => (a.created_at < b.created_at ? 1 : -1));
+// "2026-11-26T06:00:00.5Z" -> "2026-11-26T06:00:00.500000": comparable as text, to the microsecond.
+function timeKey(iso) {
+  const match = /^(.{19})(?:\.(\d+))?/.exec(iso || '');
+  return match ? `${match[1]}.${(match[2] || '').padEnd(6, '0')}` : '';
+}
+
+// Newest first, ties by id descending: the order of the API's lists.
+export function sortedByNewest(items) {
+  return [...items].map((item) => [timeKey(item.created_at), String(item.id), item])
+    .sort((a, b) => (a[0] === b[0] ? (a[1] < b[1] ? 1 : -1) : (a[0] < b[0] ? 1 : -1)))
+    .map(([, , item]) => item);
+}
 
 function refetch(id) {
   if (!fetchContent || contentFetches.has(id)) return;

@@ -6,12 +6,13 @@ import { credits, day } from '../format.js';
 import { on, state } from '../state.js';
 import { activityItem } from './activity.js';
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? '' : 's'}`;
 const TIMEFRAMES = [['7d', '7 days'], ['30d', '30 days'], ['90d', '90 days']];
 
 // Bars of credits spent per day, with the numbers as an SVG title per bar and as a table.
-function chart(analytics) {
+// `width`: the space it has, so the labels keep their size on a phone.
+function chart(analytics, width) {
   const series = analytics.series || [];
-  const width = 720;
   const height = 220;
   const pad = { top: 12, right: 8, bottom: 28, left: 40 };
   const max = Math.max(1, ...series.map((d) => d.credits_spent));
@@ -20,7 +21,7 @@ function chart(analytics) {
   const step = plotW / Math.max(1, series.length);
   const barW = Math.max(2, step * 0.7);
   const ticks = [0, Math.round(max / 2), max];
-  const labelEvery = Math.ceil(series.length / 7);
+  const labelEvery = Math.ceil(series.length / Math.max(2, Math.floor(plotW / 64)));
   const graphic = svg('svg', { viewBox: `0 0 ${width} ${height}`, class: 'chart', role: 'img',
     'aria-labelledby': 'chart-title chart-summary' },
   ticks.map((t) => {
@@ -38,8 +39,8 @@ function chart(analytics) {
         day(d.date)) : null);
   }));
   const t = analytics.totals || {};
-  const summary = `${credits(t.credits_spent || 0)} spent, ${t.images || 0} images, ${t.videos || 0} videos, `
-    + `${t.failed || 0} failed in the last ${{ '7d': '7 days', '30d': '30 days', '90d': '90 days' }[analytics.timeframe] || analytics.timeframe}.`;
+  const summary = `${credits(t.credits_spent || 0)} spent, ${plural(t.images || 0, 'image')}, `
+    + `${plural(t.videos || 0, 'video')}, ${t.failed || 0} failed in the last ${{ '7d': '7 days', '30d': '30 days', '90d': '90 days' }[analytics.timeframe] || analytics.timeframe}.`;
   return h('figure', { class: 'chart-figure' },
     h('figcaption', {}, h('span', { id: 'chart-title' }, 'Credits spent per day. '),
       h('span', { id: 'chart-summary', 'data-testid': 'analytics-summary' }, summary)),
@@ -103,10 +104,15 @@ export function view() {
       replace(limits);
     }
   };
+  let analytics = null;
+  const drawChart = () => {
+    if (analytics) replace(chartBox, chart(analytics, Math.max(300, chartBox.clientWidth)));
+  };
   const loadChart = async () => {
     chartBox.setAttribute('aria-busy', 'true');
     try {
-      replace(chartBox, chart(await get(`/api/dashboard/analytics${query({ timeframe })}`)));
+      analytics = await get(`/api/dashboard/analytics${query({ timeframe })}`);
+      drawChart();
     } catch (error) {
       replace(chartBox, errorBox(error, loadChart));
     } finally {
@@ -124,6 +130,12 @@ export function view() {
   };
   const offs = ['event:generation.completed', 'event:generation.failed', 'event:credits.updated', 'event:avatar.updated',
     'event:subscription.updated', 'event:activity', 'sync'].map((topic) => on(topic, soon));
+  let resizeTimer = null;
+  const onResize = () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(drawChart, 150);
+  };
+  window.addEventListener('resize', onResize);
   load();
   loadChart();
   const name = state.user && (state.user.display_name || state.user.email);
@@ -142,6 +154,7 @@ export function view() {
             h('p', {}, h('a', { href: '/activity' }, 'All activity')))))),
     destroy: () => {
       clearTimeout(timer);
+      window.removeEventListener('resize', onResize);
       offs.forEach((off) => off());
     },
   };

@@ -136,7 +136,7 @@ export function view() {
     replace(plansGrid, plans.map((p) => {
       const mine = plan && plan.id === p.id;
       const button = h('button', { type: 'button', class: mine ? 'secondary' : '', disabled: mine || p.id === 'free',
-        'aria-label': mine ? `${p.name}: your current plan` : `Choose ${p.name}` },
+        'aria-describedby': `plan-${p.id}` },
       mine ? 'Current plan' : p.id === 'free' ? 'Included' : state.subscription ? `Switch to ${p.name}` : `Subscribe to ${p.name}`);
       button.addEventListener('click', () => choose(p, button));
       return h('article', { class: ['card', 'plan', mine && 'current'], 'aria-labelledby': `plan-${p.id}` },
@@ -155,8 +155,8 @@ export function view() {
       plans = planList.items;
       apply(mine);
       replace(packsGrid, packs.items.length ? packs.items.map((pack) => {
-        const button = h('button', { type: 'button', class: 'secondary', 'aria-label': `Buy ${credits(pack.credits)} for ${money(pack.price_cents, pack.currency)}` },
-          `Buy for ${money(pack.price_cents, pack.currency)}`);
+        const button = h('button', { type: 'button', class: 'secondary' },
+          `Buy ${credits(pack.credits)} for ${money(pack.price_cents, pack.currency)}`);
         button.addEventListener('click', () => buy(pack, button));
         return h('article', { class: 'card pack' }, h('div', { class: 'body' },
           h('h3', {}, credits(pack.credits)), h('div', { class: 'actions' }, button)));
