@@ -146,6 +146,10 @@ async def test_a_newcomer_signs_up_verifies_subscribes_creates_and_generates_liv
         await expect(portrait).to_be_visible()
         assert await portrait.evaluate("(img) => img.decode().then(() => img.naturalWidth)") > 0
         await expect(balance).to_have_text("515")
+        await card.get_by_role("button", name="Edit", exact=True).click()
+        await page.get_by_role("form", name="Edit Nova").get_by_label("Style", exact=True).fill("film noir")
+        await page.get_by_role("button", name="Save").click()
+        await expect(card.get_by_role("heading", name="Nova")).to_be_visible()
 
         await go(page, "Generate")
         await page.evaluate(RECORD_PROGRESS)
@@ -195,6 +199,25 @@ async def test_a_newcomer_signs_up_verifies_subscribes_creates_and_generates_liv
         await expect(canceled.get_by_test_id("content-status")).to_have_text("Canceled")
         await expect(canceled.get_by_role("button", name=re.compile("^Retry"))).to_be_visible()
         await expect(balance).to_have_text("490")  # refunded
+        await canceled.get_by_role("button", name=re.compile("^Retry")).click()  # charged again, queued again
+        retried = page.get_by_test_id("running").locator("article", has_text="a lighthouse in fog")
+        await expect(retried.get_by_test_id("content-status")).to_have_text("Queued")
+        await expect(balance).to_have_text("485")
+        await retried.get_by_role("button", name="Cancel").click()
+        await expect(canceled.get_by_test_id("content-status")).to_have_text("Canceled")
+        await expect(balance).to_have_text("490")
+        await canceled.get_by_role("button", name="Delete", exact=True).click()
+        await expect(canceled).to_have_count(0)
+
+        await go(page, "Gallery")
+        gallery = page.get_by_test_id("gallery").locator("article")
+        await expect(gallery).to_have_count(2)
+        await page.get_by_label("Type", exact=True).select_option("video")
+        await expect(gallery).to_have_count(1)
+        await expect(gallery.locator("video")).to_have_count(1)
+        await page.get_by_label("Type", exact=True).select_option("image")
+        await expect(gallery).to_have_count(1)
+        await expect(gallery.get_by_role("heading")).to_have_text("a violin on a chair by the window")
 
         # What the studio shows is what the ledger says.
         login = await api.post("/api/auth/login", json={"email": email, "password": PASSWORD})
@@ -335,6 +358,10 @@ async def test_markup_in_names_and_prompts_is_shown_as_text_and_never_runs(setti
                 await go(page, screen)
                 await expect(page.get_by_role("main").get_by_text(name).filter(visible=True).first).to_be_visible()
 
+            await go(page, "Avatars")
+            await card.get_by_role("button", name="Delete", exact=True).click()
+            await card.get_by_role("button", name=f"Delete {name}").click()
+            await expect(card).to_have_count(0)
             assert await page.evaluate("window.__xss") is None
             assert await page.locator('img[src="x"], svg[onload], main b, main i, main script').count() == 0
             # The CSP makes HTML sinks refuse strings (Trusted Types) and inline scripts never run.
@@ -506,3 +533,63 @@ async def keyboard_reaches_the_generate_form(page: Any) -> None:
     for wanted in ("a:Generate:ring", "textarea:Prompt:ring", "input:Image:ring", "select:Avatar:ring",
                    "select:Quality:ring", "select:Aspect ratio:ring", "button:Generate:ring", "button:Sign out:ring"):
         assert wanted in reached, (wanted, reached)
+
+
+# The live layer alone, in the browser, fed the integer ids API.md specifies (a gapless
+# sequence per user), with a stand-in socket that answers `events.replay` from a history.
+LIVE_LAYER = """async () => {
+  const { Live } = await import('/studio/js/live.js');
+  const applied = [];
+  const replays = [];
+  const history = new Map([[3, 'credits.updated'], [4, 'activity'], [5, 'activity']]);  // what the server has
+  const live = new Live({ onEvent: (name, p) => applied.push(`${name}#${p.event_id}`), onState() {}, onSync() {} });
+  live.socket = { connected: true, timeout: () => ({ emitWithAck: async (name, data) => {
+    replays.push(`${name}>${data.last_event_id}`);
+    const events = [...history].filter(([id]) => id > data.last_event_id)
+      .map(([id, event]) => ({ event, data: { event_id: id } }));
+    return { ok: true, data: { events } };
+  } }) };
+  const settle = (ms) => new Promise((ok) => setTimeout(ok, ms));
+  live.receive('activity', { event_id: 1 });
+  live.receive('credits.updated', { event_id: 2 });
+  live.receive('credits.updated', { event_id: 2 });              // a duplicate
+  live.receive('activity', { event_id: 5 });                     // 3 and 4 missed
+  await settle(50);
+  history.set(6, 'activity').set(7, 'credits.updated');
+  live.receive('generation.progress', { event_id: 5, progress: 40 });  // ephemeral: never a duplicate
+  live.receive('generation.progress', { event_id: 5, progress: 60 });
+  live.receive('generation.progress', { event_id: 7, progress: 80 });  // names 6 and 7: on their way?
+  live.receive('activity', { event_id: 6 });                     // 6 comes; 7 does not
+  await settle(2000);
+  const integers = { applied: applied.splice(0), replays: replays.splice(0), lastId: live.lastId,
+                     duplicates: live.stats.duplicates };
+  const streams = new Live({ onEvent: (name, p) => applied.push(`${name}#${p.event_id}`), onState() {}, onSync() {} });
+  streams.socket = live.socket;
+  for (const id of ['1732600000000-0', '1732600000000-1', '1732600000000-1', '1732600000500-0']) {
+    streams.receive('activity', { event_id: id });
+  }
+  streams.receive('generation.progress', { event_id: '1732600000600-0', progress: 5 });
+  await settle(50);
+  return { integers, streams: { applied, replays, lastId: streams.lastId, duplicates: streams.stats.duplicates } };
+}"""
+
+
+async def test_the_live_layer_applies_each_event_once_and_replays_a_gap_in_the_sequence(settings) -> None:
+    async with serving_studio(settings) as (_, st), Browser() as browser:
+        page, watch = await browser.page(st.public_url)
+        await page.goto("/sign-in")
+        result = await page.evaluate(LIVE_LAYER)
+    assert result["integers"] == {
+        "applied": ["activity#1", "credits.updated#2", "credits.updated#3", "activity#4", "activity#5",
+                    "generation.progress#5", "generation.progress#5", "generation.progress#7", "activity#6",
+                    "credits.updated#7"],
+        "replays": ["events.replay>2", "events.replay>6"],  # the held #5 came after #3 and #4
+        "lastId": 7,  # kept as received: an integer, handed back as last_event_id
+        "duplicates": 2,  # the resent #2, and the live #5 once the replay had applied it
+    }
+    assert result["streams"] == {  # today's Redis stream ids: no gap can be seen, duplicates still go
+        "applied": ["activity#1732600000000-0", "activity#1732600000000-1", "activity#1732600000500-0",
+                    "generation.progress#1732600000600-0"],
+        "replays": [], "lastId": "1732600000600-0", "duplicates": 1,
+    }
+    assert watch.errors == []

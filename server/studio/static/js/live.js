@@ -46,6 +46,7 @@ export class Live {
     this.held = [];
     this.refused = 0;
     this.gapTimer = null;
+    this.awaitedId = 0;
     this.state = 'offline';
     this.stats = { applied: 0, duplicates: 0, replays: 0, connects: 0, resumedFrom: null };
   }
@@ -86,6 +87,8 @@ export class Live {
 
   stop() {
     clearTimeout(this.gapTimer);
+    this.gapTimer = null;
+    this.awaitedId = 0;
     if (this.socket) {
       this.socket.offAny();
       this.socket.disconnect();
@@ -169,7 +172,7 @@ export class Live {
     if (EPHEMERAL.has(name)) {
       this.deliver(name, payload);
       if (isSequence(id)) {
-        if (isSequence(this.lastId) && id > this.lastId) this.replaySoon();
+        if (isSequence(this.lastId) && id > this.lastId) this.replaySoon(id);
       } else if (this.lastId === null || compareIds(id, this.lastId) === 1) {
         this.lastId = id;  // stream ids: progress is in the history too
       }
@@ -204,12 +207,14 @@ export class Live {
     if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.values().next().value);
   }
 
-  replaySoon() {
+  // A progress tick named durable event `id` we have not seen: it may still be on its way
+  // (durable events go through the relay); if it has not come after a grace, replay.
+  replaySoon(id) {
+    this.awaitedId = Math.max(this.awaitedId || 0, id);
     if (this.gapTimer) return;
-    const behind = this.lastId;
     this.gapTimer = setTimeout(() => {
       this.gapTimer = null;
-      if (this.lastId === behind) this.replay();
+      if (isSequence(this.lastId) && this.lastId < this.awaitedId) this.replay();
     }, PROGRESS_GAP_GRACE_MS);
   }
 

@@ -5,7 +5,7 @@ import { balance, costOf, loadCosts } from '../costs.js';
 import { busy, clearFieldErrors, errorBox, field, h, loadingBox, reconcile, replace, showFieldErrors,
   toast } from '../dom.js';
 import { credits, titleCase } from '../format.js';
-import { outcomeUnknown, Submission } from '../http.js';
+import { outcomeUnknown, Submission, uuid4 } from '../http.js';
 import { on, removeAvatar, sortedByNewest, state, upsertAvatar } from '../state.js';
 
 const STATUS_TEXT = { creating: 'Creating…', ready: 'Ready', failed: 'Failed' };
@@ -85,7 +85,7 @@ function avatarCard(avatar, ctx) {
     regen.addEventListener('click', () => busy(regen, async () => {
       try {
         upsertAvatar(await api('POST', `/api/avatars/${a.id}/regenerate-thumbnail`,
-          { idempotencyKey: new Submission().keyFor({ id: a.id, at: Date.now() }) }));
+          { idempotencyKey: uuid4() }));  // each press is a new request (and a new charge)
       } catch (error) {
         toast(error.message, 'error');
       }
