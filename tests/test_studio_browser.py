@@ -49,6 +49,7 @@ def _chromium() -> None:
 def expect(target: Any) -> Any:
     from playwright.async_api import expect as playwright_expect
 
+    playwright_expect.set_options(timeout=15_000)  # a bound, not a pause: the machine is shared
     return playwright_expect(target)
 
 
@@ -273,6 +274,9 @@ async def test_a_dropped_connection_resumes_from_the_last_event_without_duplicat
                 assert before["lastEventId"] is not None
                 proxy.cut()  # mid-generation: the transport is gone, and stays gone for a while
                 await expect(page.get_by_test_id("connection")).to_have_text("Reconnecting…")
+                await go(page, "Gallery")  # a request while offline: an error state with a way out
+                problem = page.get_by_role("main").get_by_role("alert")
+                await expect(problem).to_contain_text("could not be reached")
                 final = await wait_for_status(api, token, content_id, "completed")
                 # More durable events while away: an image made elsewhere, charged and finished.
                 other = await api.post("/api/content/generate/image", token=token,
@@ -282,6 +286,9 @@ async def test_a_dropped_connection_resumes_from_the_last_event_without_duplicat
                 proxy.restore()
 
                 await expect(page.get_by_test_id("connection")).to_have_text("Live", timeout=30_000)
+                await problem.get_by_role("button", name="Try again").click()
+                await expect(page.get_by_test_id("gallery").locator("article")).to_have_count(2)
+                await go(page, "Generate")
                 results = page.get_by_test_id("results")
                 await expect(results.locator(f'article[data-key="{content_id}"]')
                              .get_by_test_id("content-status")).to_have_text("Done")
@@ -494,6 +501,10 @@ async def test_every_screen_is_accessible_at_phone_and_desktop_widths_with_scree
                     await go(page, screen)
                     await settle(page)
                     await check_screen(page, shots / f"{screen.lower()}.png", problems, f"{width}/{screen}")
+                    if screen == "Dashboard":
+                        await page.get_by_text("30 days", exact=True).click()
+                        await expect(page.get_by_test_id("analytics-summary")).to_contain_text("in the last 30 days")
+                        assert await page.locator("svg.chart rect.bar").count() == 30
                 await page.goto("/docs")
                 await expect(page.locator(".opblock").first).to_be_visible()
                 await page.screenshot(path=shots / "docs.png")
