@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -45,6 +46,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[keys.settings] = settings
     app[keys.metrics] = Metrics()
+    app[keys.in_flight] = middleware.InFlight()
+    app[keys.draining] = asyncio.Event()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_resources(settings, metrics=app[keys.metrics]) as resources:

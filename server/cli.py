@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from server import logs
@@ -62,14 +63,9 @@ def cmd_seed(settings: Settings, *, demo: bool = False) -> int:
 
 
 def cmd_serve(settings: Settings) -> int:
-    from aiohttp import web
+    from server.serving import serve
 
-    from server.app import create_app
-
-    app = create_app(settings)
-    print(f"Lustify API listening on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=10)
+    asyncio.run(serve(settings))
     return 0
 
 
@@ -78,6 +74,33 @@ def cmd_worker(settings: Settings) -> int:
 
     make_worker(settings).run()
     return 0
+
+
+async def _worker_alive_here(settings: Settings) -> bool:
+    import socket
+    import time
+
+    from server.queueing import WORKER_STALE_SECONDS, worker_heartbeat_key
+    from server.resources import make_redis
+
+    redis = make_redis(settings)
+    try:
+        fresh = await redis.zrangebyscore(worker_heartbeat_key(settings), time.time() - WORKER_STALE_SECONDS, "+inf")
+    finally:
+        await redis.aclose()
+    host = socket.gethostname() + ":"
+    return any(member.decode().startswith(host) for member in fresh)
+
+
+def cmd_health_worker(settings: Settings) -> int:
+    """Exit 0 if a worker on this host beat recently (the worker container's healthcheck)."""
+    try:
+        alive = asyncio.run(_worker_alive_here(settings))
+    except Exception as exc:
+        print(f"worker health unknown: {exc}", file=sys.stderr)
+        return 1
+    print("worker ok" if alive else "no worker heartbeat from this host")
+    return 0 if alive else 1
 
 
 def cmd_ledger_check(settings: Settings) -> int:
@@ -91,6 +114,37 @@ def _persistent_secret(path: Path) -> str:
         path.write_text(secrets.token_hex(32))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+class WorkerSupervisor:
+    """Runs `lustify worker` as a child and starts it again if it dies (as compose would)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.stopping = threading.Event()
+        self.proc = self._spawn()
+        self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self.thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            code = self.proc.poll()
+            if code is not None and not self.stopping.is_set():
+                log.warning("the worker exited with %s; starting it again", code)
+                self.proc = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -108,7 +162,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = _persistent_secret(data_dir / "jwt_secret")
     postgres = redis = None
-    worker: subprocess.Popen | None = None
+    worker: WorkerSupervisor | None = None
     try:
         if not env.get("DATABASE_URL") and not env.get("DB_HOST"):
             postgres = EmbeddedPostgres(data_dir / "postgres")
@@ -120,7 +174,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         logs.configure(settings.log_level, json=settings.log_json)
         cmd_migrate(settings)
         cmd_seed(settings)
-        worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=env)
+        worker = WorkerSupervisor(env)
         print(
             f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (docs: /docs, health: /health)\n"
             f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
@@ -131,12 +185,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         return cmd_serve(settings)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            worker.stop()
         if redis is not None:
             redis.stop()
         if postgres is not None:
@@ -155,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="alembic upgrade head")
     seed = sub.add_parser("seed", help="insert or update the subscription plans")
     seed.add_argument("--demo", action="store_true", help="also create a verified demo account with credits")
+    health = sub.add_parser("health", help="process health checks (for container healthchecks)")
+    health.add_argument("what", choices=["worker"])
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger.add_argument("action", choices=["check"])
     return parser
@@ -173,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, json=settings.log_json)
     if args.command == "seed":
         return cmd_seed(settings, demo=args.demo)
-    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check}
+    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check,
+                "health": cmd_health_worker}
     return commands[args.command](settings)
 
 

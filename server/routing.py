@@ -3,7 +3,8 @@
 A handler names what it needs and the wrapper provides it: `body` (parsed with the
 declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
 around the handler, committed before the response is written), `reader` (a connection
-of the raw read pool, for hot reads with db/reader.py queries).
+of the raw read pool, for hot reads with db/reader.py queries), `idempotency_key` (the
+client's Idempotency-Key or None, on routes declared `idempotent=True`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from db.session import transaction
-from server import keys
+from db.session import run_in_transaction
+from server import idempotency, keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
 from server.json_io import json_response, parse, read_json, refuse_body
@@ -41,6 +42,7 @@ class RouteSpec:
     rate_limit: str | None = "api"  # a RateLimiter policy name, or None
     errors: tuple[int, ...] = ()
     raw_body: bool = False
+    idempotent: bool = False  # takes an Idempotency-Key (server/idempotency.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -94,14 +96,23 @@ def _route_name(spec: RouteSpec) -> str:
 
 def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     wants = set(inspect.signature(spec.handler).parameters)
-    needs_reader = spec.auth or "reader" in wants
+    if spec.idempotent and not (spec.auth and "session" in wants):
+        raise TypeError(f"{_route_name(spec)}: an idempotent route has a user and a session")
+    if "idempotency_key" in wants and not spec.idempotent:
+        raise TypeError(f"{_route_name(spec)} takes idempotency_key: declare it idempotent=True")
 
     async def call(request: web.Request, reader: Any) -> Any:
         res = request.app[keys.resources]
         kwargs: dict[str, Any] = {}
         user = None
         if spec.auth:
-            user = await authenticate(request, reader)
+            if reader is None:
+                # Given back before the body is read and the transaction opens: a request
+                # holds one PostgreSQL connection at a time.
+                async with res.reader.acquire() as conn:
+                    user = await authenticate(request, conn)
+            else:
+                user = await authenticate(request, reader)
             request[keys.user_id] = user.id
         if spec.rate_limit:
             await res.rate_limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
@@ -117,18 +128,29 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             kwargs["body"] = parse(spec.body, await read_json(request))
         elif not spec.raw_body and request.method in ("POST", "PUT", "PATCH", "DELETE"):
             refuse_body(await read_json(request))
+        key = idempotency.key_from(request) if spec.idempotent else None
+        if "idempotency_key" in wants:
+            kwargs["idempotency_key"] = key
         if "session" not in wants:
             return await spec.handler(**kwargs)
         # The transaction opens only now, after auth, limits and parsing: it stays short.
-        async with transaction(res.sessionmaker) as session:
-            return await spec.handler(session=session, **kwargs)
+        # A deadlock or serialization failure runs the whole handler (and its key check) again.
+        if key is None:
+            return await run_in_transaction(res.sessionmaker, lambda session: spec.handler(session=session, **kwargs))
+        assert user is not None
+        fingerprint = idempotency.fingerprint(f"{request.method} {request.path}", kwargs.get("body"))
+        return await run_in_transaction(res.sessionmaker, lambda session: idempotency.run(
+            session, user_id=user.id, key=key, status=spec.status, fingerprint=fingerprint,
+            work=lambda: spec.handler(session=session, **kwargs)))
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if needs_reader:
+        if "reader" in wants:  # a hot read: one connection for auth and the read
             async with request.app[keys.resources].reader.acquire() as reader:
                 result = await call(request, reader)
         else:
             result = await call(request, None)
+        if isinstance(result, idempotency.Outcome):
+            return idempotency.response(result)
         if isinstance(result, web.StreamResponse):
             return result
         if result is None:
