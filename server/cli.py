@@ -200,7 +200,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         cmd_seed(settings)
         worker = WorkerSupervisor(env)
         print(
-            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (docs: /docs, health: /health)\n"
+            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (the studio; API docs: /docs, health: /health)\n"
             f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
             f"  redis:    {'embedded ' + env['REDIS_URL'] if redis else 'REDIS_URL'}\n"
             f"  emails:   printed here and written to {data_dir / 'outbox'}\n"

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 3001
     public_url: str = ""  # base of links to this API (signed file URLs); defaults to localhost:PORT
-    frontend_url: str = ""  # base of links in emails; empty: the links point at this API
+    frontend_url: str = ""  # base of links in emails; empty: the studio this app serves (PUBLIC_URL)
     data_dir: Path = Path("./var")
     log_level: str = "INFO"
     log_json: bool = True
@@ -70,6 +70,7 @@ class Settings(BaseSettings):
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
+    stripe_publishable_key: str | None = None  # pk_...: the studio's Payment Element
     stripe_api_base: str | None = None  # only to point the SDK at a Stripe-compatible server
     stripe_price_starter: str = "price_starter"
     stripe_price_pro: str = "price_pro"
@@ -181,6 +182,11 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://localhost:{self.port}").rstrip("/")
+
+    @property
+    def studio_url(self) -> str:
+        """Base of the pages emailed links open: FRONTEND_URL, else the studio served here."""
+        return (self.frontend_url or self.base_url).rstrip("/")
 
     def key(self, *parts: object) -> str:
         """A Redis key (or channel/queue name) inside this deployment's namespace."""

@@ -11,10 +11,10 @@ from sqlalchemy import text
 from server import __version__, keys
 from server.json_io import json_response
 from server.metrics import generation_job_metrics
-from server.openapi import docs_page
 from server.queueing import live_workers
 from server.resources import Resources
 from server.routing import Routes
+from server.studio.routes import docs_page
 
 routes = Routes(tags=("service",))
 openapi_document = web.AppKey("openapi_document", dict)
@@ -95,5 +95,5 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/docs", auth=False, rate_limit=None, response={"type": "string"},
             extra={"media_type": "text/html"})
 async def docs(request: web.Request) -> web.Response:
-    """Interactive API documentation."""
-    return docs_page()
+    """Interactive API documentation (Swagger UI packaged with the app: works offline)."""
+    return docs_page(request.app[keys.settings])
