@@ -134,14 +134,18 @@ async def test_used_up_provider_credits_fail_once_without_naming_the_team(grok_a
 
 
 async def test_a_refused_api_key_never_reaches_users(settings, xai) -> None:
-    wrong = settings.model_copy(update={
-        "grok_api_key": SecretStr("xai-not-the-right-key"), "grok_base_url": xai.base_url,
+    """The key is revoked after the prompt was screened: the image call is refused as xAI does."""
+    from tests.support.fake_xai import BAD_KEY
+
+    configured = settings.model_copy(update={
+        "grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url,
         "grok_timeout_seconds": 5.0, "generation_retry_backoff_seconds": 0.2})
-    server = await start_app(wrong)
+    server = await start_app(configured)
     api = Api(str(server.make_url("")).rstrip("/"))
     try:
-        async with running_worker(wrong):
-            user = await verified_user(api, wrong.data_dir / "outbox")
+        async with running_worker(configured):
+            user = await verified_user(api, configured.data_dir / "outbox")
+            xai.fail("POST /v1/images/generations", 400, times=5, error=BAD_KEY)
             queued = await api.post("/api/content/generate/image", token=user.access_token,
                                     json={"prompt": "a quiet street"})
             done = await wait_for_content(api, user, queued.body["id"])
