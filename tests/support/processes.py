@@ -70,7 +70,14 @@ class ServerProcess:
     def errors(self) -> list[str]:
         """Log lines of unhandled errors (each a 500 a client saw), with what follows them."""
         lines = self.log.read_text(errors="replace").splitlines()
-        return ["\n".join(lines[i:i + 25]) for i, line in enumerate(lines) if "unhandled error" in line]
+        found = []
+        for i, line in enumerate(lines):
+            if "unhandled error" in line:
+                block = lines[i:i + 80]
+                end = next((j for j, text in enumerate(block[1:], 1) if text and not text.startswith((" ", "Traceback"))
+                            and not text.startswith("During") and not text.startswith("The above")), len(block))
+                found.append(block[0] + " ... " + " | ".join(block[max(1, end - 1):end + 1]))
+        return found
 
     async def __aexit__(self, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:
