@@ -1,6 +1,7 @@
-"""Alembic environment: the URL comes from the same Settings as the app."""
+"""Alembic environment: the URL given by db/migrate.py (`lustify migrate`), else DATABASE_URL."""
 
 import asyncio
+import os
 
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -12,12 +13,11 @@ config = context.config
 
 
 def _url() -> str:
-    url = config.get_main_option("sqlalchemy.url")
-    if url:
-        return url
-    from server.config import Settings
-
-    return Settings().sqlalchemy_url
+    url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL", "")
+    if not url:
+        raise SystemExit("set DATABASE_URL (or run `lustify migrate`, which reads the app's settings)")
+    scheme, _, rest = url.partition("://")
+    return url if "+" in scheme else f"postgresql+asyncpg://{rest}"
 
 
 def _run(connection) -> None:
