@@ -38,11 +38,30 @@ def test_compose_services_profiles_and_healthchecks() -> None:
     assert "app_data" in compose["volumes"]
 
 
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order; comments and continuations handled as Docker does."""
+    logical, current = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            logical.append(current.strip())
+            current = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1] if " " in text else "") for text in logical]
+
+
 def test_dockerfile_is_slim_and_non_root() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert "python:3.11-slim" in text
-    assert "\nUSER lustify" in text
-    assert "HEALTHCHECK" in text
+    steps = _dockerfile_instructions()
+    stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    final = steps[stages[-1]:]
+    assert final[0][1].split()[0] == "python:3.11-slim"  # the image that ships
+    users = [args for op, args in final if op == "USER"]
+    assert users and users[-1] not in ("root", "0")  # runs as the user it creates
+    assert any(op == "RUN" and "useradd" in args and users[-1] in args for op, args in final)
+    healthcheck = [args for op, args in final if op == "HEALTHCHECK"]
+    assert healthcheck and " CMD " in f" {healthcheck[0]} " and "/health" in healthcheck[0]
+    assert [args for op, args in final if op == "CMD"][-1] == '["lustify", "serve"]'
 
 
 def test_env_example_lists_every_setting() -> None:

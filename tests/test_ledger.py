@@ -206,6 +206,26 @@ async def test_each_movement_publishes_one_credits_event(res: Resources, db) -> 
     assert activity[1]["data"]["transaction_id"] == credits[1]["transaction_id"]
 
 
-async def test_audit_sees_no_drift_after_the_concurrent_runs(res: Resources) -> None:
+async def test_audit_finds_no_drift_after_concurrent_movements_and_finds_real_drift(res: Resources, db) -> None:
+    users = [await new_user(db) for _ in range(3)]
+    for user in users:
+        async with transaction(res.sessionmaker) as session:
+            await ledger.grant(session, user_id=user, amount=100, key=f"seed:{user}")
+
+    async def mixed(session, i: int) -> None:
+        user = users[i % 3]
+        await ledger.spend(session, user_id=user, amount=3, key=f"mixed:{user}:{i}")
+        if i % 2:
+            await ledger.refund(session, user_id=user, charge_key=f"mixed:{user}:{i}", key=f"mixed:{user}:{i}:back")
+
+    outcomes = await all_at_once(res, 30, mixed)
+    assert [o for o in outcomes if isinstance(o, BaseException)] == []
     async with transaction(res.sessionmaker) as session:
-        assert await find_drift(session) == []
+        drift = [row for row in await find_drift(session) if row["user_id"] in users]
+    assert drift == [] and [await assert_consistent(db, u) for u in users] == [85, 85, 85]
+    # The audit is not blind: a cached balance moved outside the ledger is reported.
+    await db.execute("UPDATE user_credits SET balance = balance + 1 WHERE user_id = $1", users[0])
+    async with transaction(res.sessionmaker) as session:
+        drift = [row for row in await find_drift(session) if row["user_id"] in users]
+    await db.execute("UPDATE user_credits SET balance = balance - 1 WHERE user_id = $1", users[0])
+    assert [(row["user_id"], row["balance"], row["total"]) for row in drift] == [(users[0], 86, 85)]
