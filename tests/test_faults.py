@@ -108,7 +108,7 @@ async def test_the_worker_outlives_a_redis_restart_and_health_shows_it(own_stack
             redis.kill()
             down = await _health(api)
             assert down["http"] == 503 and down["checks"]["redis"].startswith("error")
-            await asyncio.sleep(1.0)  # the worker polls a dead Redis for a while
+            await _eventually(lambda: _logged(worker, "worker lost Redis"), timeout=10)
             redis.start()
             await _eventually(lambda: _worker_is(api, "ok"), timeout=10)
             assert worker.proc.poll() is None
@@ -120,6 +120,10 @@ async def test_the_worker_outlives_a_redis_restart_and_health_shows_it(own_stack
     finally:
         await api.close()
         await server.close()
+
+
+async def _logged(process: WorkerProcess, text: str) -> bool:
+    return text in process.log.read_text(errors="replace")
 
 
 async def _worker_is(api: Api, state: str) -> bool:

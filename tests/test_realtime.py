@@ -41,6 +41,19 @@ async def publish(server: TestServer, user_id: str, count: int, start: int = 0) 
     return [(await emit_events(res, user_id, [credits_event(start + n)]))[0] for n in range(count)]
 
 
+async def settled(server: TestServer, client: SocketClient, user_id: str) -> None:
+    """Until everything committed for the user so far has reached the client: a last event
+    is sent after it, and one user's events arrive in order, so when it arrives nothing
+    earlier is still on its way (absence is then known without waiting a guessed time)."""
+    [sentinel] = await emit_events(resources_of(server), user_id, [ActivityPosted(activity={
+        "id": str(uuid.uuid4()), "type": "test.sentinel", "message": "sentinel"})])
+    for _ in range(200):
+        if any(p.get("event_id") == sentinel for _, p in client.events):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"sentinel {sentinel} never arrived: {client.events}")
+
+
 async def connected(make, server_url: str, user: ApiUser, **kw) -> SocketClient:
     client = make()
     await client.connect(server_url, token=user.access_token, **kw)
@@ -145,7 +158,7 @@ async def test_a_user_never_receives_another_users_events(app_server, api, socke
     await publish(app_server, alice.id, 1, start=100)
     await b.wait_for("credits.updated", 3)
     received = await a.wait_for("credits.updated", 1)
-    await asyncio.sleep(0.2)
+    await settled(app_server, a, alice.id)
     assert [e["balance"] for e in a.named("credits.updated")] == [100]
     assert received[0]["event_id"] and received[0]["ts"].endswith("Z")
 
@@ -232,7 +245,7 @@ async def test_replay_on_connect_has_no_gap_or_duplicate_while_events_keep_comin
     client = await connected(sockets, url_of(app_server), user, last_event_id=start)
     await task
     await client.wait_for("credits.updated", 60)
-    await asyncio.sleep(0.2)
+    await settled(app_server, client, user.id)
     ids = [e["event_id"] for e in client.named("credits.updated")]
     assert ids == published
 
@@ -261,7 +274,8 @@ async def test_events_replay_answers_through_the_ack_and_live_events_follow(
     reply = await client.call("events.replay", {"last_event_id": ids[-1]})
     after_ack = len(client.events)
     await task
-    await asyncio.sleep(0.3)
+    await settled(app_server, client, user.id)
+    client.events = [(name, p) for name, p in client.events if name == "credits.updated"]
     acked = [e["data"]["event_id"] for e in reply["data"]["events"]]
     live_before_ack = [p["event_id"] for _, p in client.events[before:after_ack]]
     live_after_ack = [p["event_id"] for _, p in client.events[after_ack:]]

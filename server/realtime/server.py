@@ -96,6 +96,12 @@ class Realtime:
         resources = self.app[keys.resources]
         token = auth.get("token")
         try:
+            last_event_id = outbox.parse_event_id(auth.get("last_event_id"))
+        except ValueError:
+            raise Refused("validation_error", {
+                "error": "validation_error", "message": "last_event_id must be a non-negative integer",
+                "details": [{"field": "last_event_id", "message": "invalid event id"}]}) from None
+        try:
             if not isinstance(token, str) or not token:
                 raise Unauthorized("Connect with auth: {token: <access_token>}")
             # Checked once per socket, so not kept in the REST token cache.
@@ -103,6 +109,8 @@ class Realtime:
                                          remember=False)
             async with resources.reader.acquire() as reader:
                 user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
+                # The newest event id before the connect is answered: what commits later is live.
+                latest, _ = await outbox.read_since(reader, user_id=user.id, after=outbox.NEWEST)
         except DomainError as exc:
             if exc.status == 401:
                 raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
@@ -110,19 +118,14 @@ class Realtime:
         except Exception:
             log.exception("socket authentication failed")
             raise Refused("service_unavailable") from None
-        try:
-            last_event_id = outbox.parse_event_id(auth.get("last_event_id"))
-        except ValueError:
-            raise Refused("validation_error", {
-                "error": "validation_error", "message": "last_event_id must be a non-negative integer",
-                "details": [{"field": "last_event_id", "message": "invalid event id"}]}) from None
         self.connections[sid] = Connection(user, expires_at=claims.expires_at)
         self.app[keys.metrics].socket_connections.inc()
-        # Live events are held until the user's newest event_id is read (after joining, so
-        # nothing falls between): the history below it is replayed, or not wanted.
-        self.manager.hold(sid)
         self.feeds.join(str(user.id))
-        after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
+        await self.feeds.known(str(user.id), latest)
+        if last_event_id is not None:
+            # Live events are held while the history after last_event_id is sent.
+            self.manager.hold(sid)
+            after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
         await self.sio.enter_room(sid, user_room(user.id))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -134,14 +137,11 @@ class Realtime:
 
     # replay
 
-    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: int | None) -> None:
+    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: int) -> None:
         floor = None
         try:
             async with self.app[keys.resources].reader.acquire() as reader:
-                latest, events = await outbox.replay(
-                    reader, user_id=user_id, after=outbox.NEWEST if last_event_id is None else last_event_id)
-            await self.feeds.known(str(user_id), latest)
-            floor = latest
+                floor, events = await outbox.replay(reader, user_id=user_id, after=last_event_id)
             for _, name, payload in events:
                 await self.sio.emit(name, payload, to=sid, ignore_queue=True)
         except Exception:
