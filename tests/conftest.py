@@ -1,9 +1,10 @@
-"""Real servers for the suite: PostgreSQL and Redis (given by URL, else embedded), a fresh
-migrated database per run, a Redis namespace per test, and the app on a real port."""
+"""Real servers for the suite: PostgreSQL and Redis (given by URL, else embedded), a database
+and a Redis namespace of each test's own, and the app on a real port."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import shutil
 import tempfile
@@ -70,10 +71,10 @@ def _replace_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
-    """A database of our own, created and migrated with alembic, dropped at the end."""
+def template_database(service_urls: tuple[str, str]) -> Iterator[str]:
+    """Migrated with alembic and seeded once per run; each test gets a copy of it."""
     admin_url, _ = service_urls
-    name = f"lustify_test_{RUN_ID}"
+    name = f"lustify_test_{RUN_ID}_template"
     admin_sql(admin_url, f'CREATE DATABASE "{name}"')
     url = _replace_database(admin_url, name)
     from db.migrate import upgrade
@@ -82,7 +83,21 @@ def database_url(service_urls: tuple[str, str]) -> Iterator[str]:
     from server.cli import _seed
 
     asyncio.run(_seed(Settings(_env_file=None, database_url=url)))
-    yield url
+    yield name
+    admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_copies = itertools.count()
+
+
+@pytest.fixture
+def database_url(service_urls: tuple[str, str], template_database: str) -> Iterator[str]:
+    """A database of this test's own (a copy of the template), dropped after it: tests never
+    see each other's rows, and a sweep only ever adopts its own test's generations."""
+    admin_url, _ = service_urls
+    name = f"lustify_test_{RUN_ID}_{next(_copies)}"
+    admin_sql(admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}" STRATEGY FILE_COPY')
+    yield _replace_database(admin_url, name)
     admin_sql(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -104,9 +119,10 @@ def tmp_data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(database_url: str, redis_url: str, tmp_data_dir: Path) -> Settings:
-    """Test settings: fast bcrypt, generous limits, a Redis namespace of this test's own."""
-    return Settings(
+def settings(database_url: str, redis_url: str, tmp_data_dir: Path) -> Iterator[Settings]:
+    """Test settings: fast bcrypt, generous limits, a Redis namespace of this test's own
+    (emptied after it)."""
+    configured = Settings(
         _env_file=None,
         app_env="test",
         database_url=database_url,
@@ -122,6 +138,13 @@ def settings(database_url: str, redis_url: str, tmp_data_dir: Path) -> Settings:
         log_json=False,
         db_pool_size=5,
     )
+    yield configured
+    client = SyncRedis.from_url(redis_url)
+    try:
+        for key in client.scan_iter(match=f"{configured.redis_namespace}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 async def start_app(settings: Settings) -> TestServer:

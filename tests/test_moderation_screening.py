@@ -354,3 +354,25 @@ async def test_avatars_and_users_stay_adults_everywhere(api, app_server, worker,
             async with session.begin_nested():
                 await session.execute(text("UPDATE avatars SET age = 16 WHERE id = :id"), {"id": avatar["id"]})
     assert await balance(api, user) == 25 - 10
+
+
+async def test_an_update_judged_on_words_changed_meanwhile_is_refused_not_applied(grok_app, xai) -> None:
+    """Two updates race: the slow one was judged against the old description, so it must not
+    land on the new one (409); the worker's own changes to the avatar do not count."""
+    api, server, user = grok_app
+    avatar = (await api.post("/api/avatars", token=user.access_token, json=AVATAR)).body
+    xai.classifier_mode, xai.classifier_delay_seconds = "slow", 0.8
+    slow = asyncio.create_task(api.put(f"/api/avatars/{avatar['id']}", token=user.access_token,
+                                       json={"style": "evening gown"}))
+    for _ in range(100):  # until the slow update is waiting for its verdict
+        if any("evening gown" in str(call.body) for call in xai.classifier_calls()):
+            break
+        await asyncio.sleep(0.02)
+    xai.classifier_mode = "answer"
+    quick = await api.put(f"/api/avatars/{avatar['id']}", token=user.access_token,
+                          json={"description": "a lighthouse keeper"})
+    assert quick.status == 200
+    late = await slow
+    assert late.status == 409 and late.body["error"] == "conflict"
+    current = (await api.get(f"/api/avatars/{avatar['id']}", token=user.access_token)).body
+    assert current["description"] == "a lighthouse keeper" and current["style"] == AVATAR["style"]

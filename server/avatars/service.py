@@ -11,7 +11,8 @@ from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, literal, select, text, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, CreditTransaction
@@ -137,7 +138,10 @@ async def update_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id:
         if current is None:
             raise NotFound("Avatar not found")
         await moderator.screen(user_id=user_id, context="avatar", fields=_screened({**current, **changes}))
-        stmt = stmt.where(Avatar.updated_at == current["updated_at"])
+        # Applies only if the words judged are still the avatar's (the worker's own updates,
+        # profile and status, do not matter here).
+        stmt = stmt.where(*(getattr(Avatar, key).is_not_distinct_from(
+            literal(current[key], JSONB) if key == "appearance" else current[key]) for key in _SCREENED))
     await lock_account(session, user_id=user_id)
     updated = (await session.execute(stmt.values(**changes).returning(Avatar.id))).scalar_one_or_none()
     if updated is None:
