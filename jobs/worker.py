@@ -104,16 +104,29 @@ def traced(coroutine: Any) -> Any:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         outcome = "failed"
+        quiet = False
         try:
             result = await coroutine(ctx, *args, **kwargs)
             outcome = result if isinstance(result, str) else "done"
+            # A periodic job that found nothing to do says so only at DEBUG: an idle
+            # system's log stays empty.
+            quiet = _nothing_done(result)
+            if isinstance(result, dict) and not quiet:
+                outcome = ", ".join(f"{k}={v}" for k, v in result.items() if v)
             return result
         finally:
-            log.info("job %s (%s) %s in %.0f ms", coroutine.__name__, ctx.get("job_id"), outcome,
-                     (time.perf_counter() - started) * 1000, extra={"request_id": rid})
+            log.log(logging.DEBUG if quiet else logging.INFO, "job %s (%s) %s in %.0f ms",
+                    coroutine.__name__, ctx.get("job_id"), outcome,
+                    (time.perf_counter() - started) * 1000, extra={"request_id": rid})
             logs.request_id.reset(token)
 
     return run
+
+
+def _nothing_done(result: Any) -> bool:
+    if isinstance(result, dict):
+        return not any(result.values())
+    return result == 0
 
 
 def job_functions(settings: Settings) -> list[Any]:
@@ -133,12 +146,13 @@ def cron_jobs(settings: Settings) -> list[Any]:
     from jobs.idempotency import IDEMPOTENCY_CRON
     from jobs.sweep import sweep_cron
 
-    return [
+    jobs = [
         sweep_cron(settings),
         cron(sweep_avatars, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True),
         BILLING_CRON,
         IDEMPOTENCY_CRON,
     ]
+    return [dataclasses.replace(job, coroutine=traced(job.coroutine)) for job in jobs]
 
 
 def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from server import logs
@@ -24,6 +25,7 @@ def _settings(**overrides: object) -> Settings:
 
 
 def cmd_migrate(settings: Settings) -> int:
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a line per plugin and step otherwise
     from db.migrate import upgrade
 
     upgrade(settings.sqlalchemy_url)
@@ -72,7 +74,12 @@ def cmd_serve(settings: Settings) -> int:
 def cmd_worker(settings: Settings) -> int:
     from jobs.worker import make_worker
 
-    make_worker(settings).run()
+    # arq logs two lines per job and per cron run; jobs/worker.py logs one line per job that
+    # did something, under the request id that asked for it.
+    logging.getLogger("arq").setLevel(logging.WARNING)
+    worker = make_worker(settings)
+    log.info("worker %s started: %d job kinds, queue %s", worker.id, len(worker.functions), worker.queue_name)
+    worker.run()
     return 0
 
 
@@ -173,6 +180,8 @@ class WorkerSupervisor:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """Everything on one machine: embedded PostgreSQL and Redis unless URLs are given."""
+    # pgserver asks platformdirs for a runtime dir that a plain shell may not set.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     from server.embedded import EmbeddedPostgres, EmbeddedRedis
 
     data_dir = Path(args.data_dir or os.environ.get("DATA_DIR", "./var")).resolve()

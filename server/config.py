@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./var")
     log_level: str = "INFO"
     log_json: bool = True
+    access_log: bool = True  # a line per request (method, path, status, time), /health excepted
 
     database_url: str | None = None
     db_host: str | None = None

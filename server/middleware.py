@@ -28,6 +28,7 @@ from server.json_io import json_response
 from server.logs import request_id
 
 log = logging.getLogger("server.http")
+access = logging.getLogger("server.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -126,6 +127,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     route = _route_label(request)
     metrics.http_requests.labels(request.method, route, str(response.status)).inc()
     metrics.http_duration.labels(request.method, route).observe(elapsed)
+    if settings.access_log and route != "/health":  # health probes would drown the rest
+        access.info("%s %s %d %.1f ms", request.method, request.path, response.status, elapsed * 1000,
+                    extra={"request_id": rid})
     return response
 
 

@@ -122,6 +122,10 @@ def test_dev_starts_on_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
     assert proc.returncode == 0, output
     assert f"http://127.0.0.1:{port}" in output
     assert "/api/auth/verify-email/" in output  # the email is printed for curl users
+    # What a developer looks for is there (requests, emails, job outcomes); nothing repeats
+    # while nothing happens (the sweeps ran every 10 s, quietly), and no plugin chatter.
+    assert "POST /api/auth/register 20" in output and "job send_email" in output
+    assert "sweep_generations" not in output and "alembic" not in output and "arq.worker" not in output
     assert (data_dir / "postgres" / "PG_VERSION").exists()
 
     proc = _start(data_dir, port)
