@@ -1,4 +1,5 @@
-"""Fixed-window rate limits in Redis (one Lua script), with the client IP resolved safely."""
+"""Sliding-window rate limits in Redis (one Lua script, one round trip), with the client IP
+resolved safely behind trusted proxies."""
 
 from __future__ import annotations
 
@@ -17,13 +18,31 @@ from server.errors import RateLimited
 _RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
 _UNIT = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
-# INCR the window's counter, set its expiry on first hit, answer count and ms left.
+# A sliding-window counter: the previous window's count, weighted by how much of it still
+# overlaps the last `window` ms, plus the current window's. Unlike a fixed window it never
+# lets a burst of twice the limit through across a window edge, and it stays two small
+# counters per client. A refused request is not counted. Answers {allowed, used, ms to wait}.
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-return {count, ttl}
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local into = tonumber(ARGV[3])
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local overlap = (window - into) / window
+local used = previous * overlap + current
+if used + 1 > limit then
+  local wait = window - into
+  if current + 1 <= limit and previous > 0 then
+    -- until enough of the previous window has slid out
+    wait = math.max(1, (window - into) - math.floor((limit - 1 - current) * window / previous))
+  elseif current + 1 > limit then
+    wait = (window - into) + math.floor(window * (current + 1 - limit) / current)
+  end
+  return {0, math.ceil(used), wait}
+end
+current = redis.call('INCR', KEYS[1])
+if current == 1 then redis.call('PEXPIRE', KEYS[1], window * 2) end
+return {1, math.ceil(used + 1), window - into}
 """
 
 
@@ -73,12 +92,14 @@ class RateLimiter:
         if not self.enabled:
             return None
         rate = self.rates[policy]
-        window = int(time.time() // rate.seconds)
-        key = self.settings.key("rl", policy, identity, window)
-        count, ttl_ms = await self._script(keys=[key], args=[rate.seconds * 1000])
-        reset = max(1, math.ceil(int(ttl_ms) / 1000))
-        verdict = Verdict(rate.amount, max(0, rate.amount - int(count)), reset)
-        if int(count) > rate.amount:
+        window_ms = rate.seconds * 1000
+        now_ms = int(time.time() * 1000)
+        window = now_ms // window_ms
+        keys = [self.settings.key("rl", policy, identity, window), self.settings.key("rl", policy, identity, window - 1)]
+        allowed, used, wait_ms = await self._script(keys=keys, args=[rate.amount, window_ms, now_ms % window_ms])
+        reset = max(1, math.ceil(int(wait_ms) / 1000))
+        verdict = Verdict(rate.amount, max(0, rate.amount - int(used)), reset)
+        if not int(allowed):
             raise RateLimited(
                 f"Too many requests; retry in {reset} s",
                 headers={"Retry-After": str(reset), **verdict.headers()},

@@ -227,7 +227,6 @@ async def test_auth_rate_limits_hit_and_recover(settings) -> None:
     api = Api(str(server.make_url("")).rstrip("/"))
     try:
         body = {"email": f"rl-{uuid.uuid4().hex[:8]}@example.com", "password": "whatever-pass"}
-        await asyncio.sleep(2 - time.time() % 2 + 0.02)  # start at the beginning of a fixed window
         statuses = [(await api.post("/api/auth/login", json=body)) for _ in range(4)]
         assert [r.status for r in statuses[:3]] == [401, 401, 401]
         blocked = statuses[3]
@@ -237,6 +236,27 @@ async def test_auth_rate_limits_hit_and_recover(settings) -> None:
         assert blocked.headers["X-RateLimit-Remaining"] == "0"
         await asyncio.sleep(int(blocked.headers["Retry-After"]) + 0.1)
         assert (await api.post("/api/auth/login", json=body)).status == 401
+    finally:
+        await api.close()
+        await server.close()
+
+
+async def test_a_burst_across_a_window_edge_gets_no_second_allowance(settings) -> None:
+    """A fixed window lets 2x the limit through around its edge; the sliding window does not."""
+    from server.config import Settings
+
+    limited = Settings(**{**settings.model_dump(), "rate_limit_auth": "5/2seconds",
+                          "jwt_secret": settings.jwt_secret, "db_password": settings.db_password})
+    server = await start_app(limited)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        body = {"email": f"edge-{uuid.uuid4().hex[:8]}@example.com", "password": "whatever-pass"}
+        await asyncio.sleep(2 - time.time() % 2 + 1.5)  # the clock itself: late in a window
+        before_edge = [(await api.post("/api/auth/login", json=body)).status for _ in range(5)]
+        await asyncio.sleep(2 - time.time() % 2 + 0.05)  # just past the edge
+        after_edge = [(await api.post("/api/auth/login", json=body)).status for _ in range(5)]
+        assert before_edge == [401] * 5
+        assert after_edge.count(401) <= 1 and after_edge.count(429) >= 4, after_edge
     finally:
         await api.close()
         await server.close()
