@@ -106,13 +106,10 @@ class RateLimiter:
             )
         return verdict
 
-    async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> None:
+    async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> Verdict | None:
+        """Count a request: per user where signed in (not for auth routes), else per client IP."""
         identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{self.client_ip(request)}"
-        verdict = await self.hit(policy, identity)
-        if verdict is not None:
-            from server.keys import rate_verdict
-
-            request[rate_verdict] = verdict
+        return await self.hit(policy, identity)
 
     def client_ip(self, request: web.Request) -> str:
         """The peer address, or the right-most untrusted X-Forwarded-For hop behind our proxies."""

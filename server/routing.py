@@ -115,7 +115,10 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
                 user = await authenticate(request, reader)
             request[keys.user_id] = user.id
         if spec.rate_limit:
-            await res.rate_limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
+            verdict = await res.rate_limiter.hit_request(request, spec.rate_limit,
+                                                         user_id=user.id if user else None)
+            if verdict is not None:
+                request[keys.rate_verdict] = verdict  # its headers go on the response
         if "request" in wants:
             kwargs["request"] = request
         if "user" in wants:
