@@ -219,3 +219,29 @@ def own_stack(settings: Settings) -> Iterator[tuple[Settings, object, object]]:
     finally:
         redis.close()
         pg.close()
+
+
+def grok_settings(settings: Settings, xai, **extra: object) -> Settings:
+    """The app pointed at the fake xAI server, with short timeouts and backoffs."""
+    from pydantic import SecretStr
+
+    return settings.model_copy(update={
+        "grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url, "grok_timeout_seconds": 5.0,
+        "moderation_timeout_seconds": 1.0, "generation_retry_backoff_seconds": 0.2,
+        "video_poll_interval_seconds": 0.05, **extra})
+
+
+@pytest.fixture
+async def grok_app(settings: Settings, xai) -> AsyncIterator[tuple[Api, TestServer, object]]:
+    """(api, server, a verified user) with Grok configured against the fake xAI server and a worker."""
+    from tests.support.api import verified_user
+    from tests.support.workers import running_worker
+
+    configured = grok_settings(settings, xai)
+    server = await start_app(configured)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    async with running_worker(configured):
+        user = await verified_user(api, configured.data_dir / "outbox")
+        yield api, server, user
+    await api.close()
+    await server.close()

@@ -14,20 +14,6 @@ from tests.support.flows import balance, wait_for_content
 from tests.support.workers import running_worker
 
 
-@pytest.fixture
-async def grok_app(settings, xai):
-    configured = settings.model_copy(update={
-        "grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url, "grok_timeout_seconds": 5.0,
-        "generation_retry_backoff_seconds": 0.2, "video_poll_interval_seconds": 0.05})
-    server = await start_app(configured)
-    api = Api(str(server.make_url("")).rstrip("/"))
-    async with running_worker(configured):
-        user = await verified_user(api, configured.data_dir / "outbox")
-        yield api, server, user
-    await api.close()
-    await server.close()
-
-
 def _spend_refund(events) -> list[int]:
     return [p["delta"] for name, p in events if name == "credits.updated" and p["reason"] != "Signup bonus"]
 

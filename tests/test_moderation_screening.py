@@ -10,7 +10,6 @@ import uuid
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import text, update
 
 from db.models import GeneratedContent
@@ -25,31 +24,12 @@ from server.moderation.classifier import (
     RulesOnly,
     make_classifier,
 )
-from tests.conftest import start_app
+from tests.conftest import grok_settings
 from tests.support.api import Api, verified_user
 from tests.support.flows import balance, wait_for_content
 from tests.support.sockets import SocketClient
-from tests.support.workers import running_worker
 
 AVATAR = {"name": "Mara", "age": 27, "description": "A travelling photographer", "style": "streetwear"}
-
-
-def grok_settings(settings, xai, **extra):
-    return settings.model_copy(update={
-        "grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url, "grok_timeout_seconds": 5.0,
-        "moderation_timeout_seconds": 1.0, "generation_retry_backoff_seconds": 0.2, **extra})
-
-
-@pytest.fixture
-async def grok_app(settings, xai):
-    configured = grok_settings(settings, xai)
-    server = await start_app(configured)
-    api = Api(str(server.make_url("")).rstrip("/"))
-    async with running_worker(configured):
-        user = await verified_user(api, configured.data_dir / "outbox")
-        yield api, server, user
-    await api.close()
-    await server.close()
 
 
 async def content_total(api: Api, user) -> int:
