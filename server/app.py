@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
         ],
         handler_args={"max_field_size": 16 * 1024},
     )
+    app.on_response_prepare.append(middleware.generic_server_header)
     app[keys.settings] = settings
     app[keys.metrics] = Metrics()
 

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(
         default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
     )
-    max_body_bytes: int = 50 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024  # any request; each route caps its own body lower (routing.py)
 
     grok_api_key: SecretStr | None = None
     grok_base_url: str = "https://api.x.ai/v1"

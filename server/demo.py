@@ -25,7 +25,7 @@ async def seed_demo(res: Resources) -> str:
         if user_id is None:
             data = RegisterIn(email=DEMO_EMAIL, password=DEMO_PASSWORD, display_name="Demo Creator",
                               date_of_birth=date(1990, 1, 1))
-            user_id = (await register(session, data=data, settings=res.settings, queue=res.queue)).user["id"]
+            user_id = await register(session, data=data, settings=res.settings, queue=res.queue)
         await session.execute(update(User).where(User.id == user_id).values(email_verified=True))
         await ledger.grant(session, user_id=user_id, amount=DEMO_CREDITS, key=f"demo:{user_id}:credits",
                            reason="Demo credits", type="bonus")

@@ -42,6 +42,7 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+SERVER_HEADER = "lustify"
 UNAVAILABLE = (
     RedisConnectionError, RedisTimeoutError, OSError, PoolTimeout, OperationalError,
     asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, ConnectionError,
@@ -64,7 +65,15 @@ def _is_unavailable(exc: BaseException) -> bool:
 
 
 def error_response(exc: DomainError) -> web.Response:
-    return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    response = json_response(exc.body(), status=exc.status, headers=exc.headers)
+    if exc.status == 413:
+        response.force_close()  # rather than drain the rest of an oversized body
+    return response
+
+
+async def generic_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`Server` names no software or version (aiohttp's default names both)."""
+    response.headers["Server"] = SERVER_HEADER
 
 
 @web.middleware
@@ -186,8 +195,8 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 @web.middleware
 async def body_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse an announced oversized body before reading any of it."""
+    """The app-wide ceiling, before reading: routes refuse bodies past their own, lower, caps."""
     limit = request.app[keys.settings].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit // (1024 * 1024)} MB")
+        raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB")
     return await handler(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server import __version__
-from server.routing import RouteSpec
+from server.routing import BODY_METHODS, RouteSpec
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
 
@@ -85,11 +86,15 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             ok["content"] = {media: {"schema": schema}}
         op["responses"][str(spec.status)] = ok
         errors = set(spec.errors) | {400, 500}
+        if spec.method in BODY_METHODS:
+            errors |= {413, 415}  # routing.py refuses oversized and non-JSON bodies
         if spec.auth:
             errors |= {401}
             op["security"] = [{"bearer": []}]
         if spec.rate_limit:
             errors |= {429}
+        if _uses_dependencies(spec):
+            errors |= {503}
         for status in sorted(errors):
             op["responses"][str(status)] = {
                 "description": "Error",
@@ -106,6 +111,12 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }
+
+
+def _uses_dependencies(spec: RouteSpec) -> bool:
+    """Whether the route reads PostgreSQL or Redis, and so answers 503 when one is down."""
+    wants = set(inspect.signature(spec.handler).parameters)
+    return spec.auth or bool(spec.rate_limit) or bool(wants & {"session", "reader"})
 
 
 def docs_page() -> web.Response:

@@ -21,9 +21,19 @@ from db.session import transaction
 from server import keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
-from server.json_io import json_response, parse, read_json, refuse_body
+from server.json_io import (
+    json_response,
+    parse,
+    read_json,
+    refuse_body,
+    refuse_oversized,
+    require_json_media_type,
+)
 
 Handler = Callable[..., Awaitable[Any]]
+DEFAULT_MAX_BODY = 64 * 1024  # bytes; a route declares its own `max_body` when it needs another
+RAW_MAX_BODY = 512 * 1024  # raw bodies are third parties' payloads: what Stripe sends in an event
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,12 @@ class RouteSpec:
     rate_limit: str | None = "api"  # a RateLimiter policy name, or None
     errors: tuple[int, ...] = ()
     raw_body: bool = False
+    max_body: int | None = None  # bytes; None: DEFAULT_MAX_BODY, or RAW_MAX_BODY for raw bodies
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def body_limit(self) -> int:
+        return self.max_body or (RAW_MAX_BODY if self.raw_body else DEFAULT_MAX_BODY)
 
 
 class Routes:
@@ -100,6 +115,11 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         res = request.app[keys.resources]
         kwargs: dict[str, Any] = {}
         user = None
+        if request.method in BODY_METHODS:  # refused before auth, limits or reading
+            require_json_media_type(request)
+            refuse_oversized(request, limit=spec.body_limit)
+            if spec.raw_body:  # the handler reads it: aiohttp stops at the limit
+                request = request.clone(client_max_size=spec.body_limit)
         if spec.auth:
             user = await authenticate(request, reader)
             request[keys.user_id] = user.id
@@ -114,26 +134,29 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if spec.query is not None:
             kwargs["query"] = parse(spec.query, dict(request.query))
         if spec.body is not None:
-            kwargs["body"] = parse(spec.body, await read_json(request))
-        elif not spec.raw_body and request.method in ("POST", "PUT", "PATCH", "DELETE"):
-            refuse_body(await read_json(request))
+            kwargs["body"] = parse(spec.body, await read_json(request, limit=spec.body_limit))
+        elif not spec.raw_body and request.method in BODY_METHODS:
+            refuse_body(await read_json(request, limit=spec.body_limit))
         if "session" not in wants:
-            return await spec.handler(**kwargs)
+            return _render(spec, await spec.handler(**kwargs))
         # The transaction opens only now, after auth, limits and parsing: it stays short.
         async with transaction(res.sessionmaker) as session:
-            return await spec.handler(session=session, **kwargs)
+            # Encoded before the commit: a response that cannot be built leaves no write behind.
+            return _render(spec, await spec.handler(session=session, **kwargs))
 
     async def handle(request: web.Request) -> web.StreamResponse:
         if needs_reader:
             async with request.app[keys.resources].reader.acquire() as reader:
-                result = await call(request, reader)
-        else:
-            result = await call(request, None)
-        if isinstance(result, web.StreamResponse):
-            return result
-        if result is None:
-            return web.Response(status=204 if spec.status in (200, 204) else spec.status)
-        return json_response(result, status=spec.status)
+                return await call(request, reader)
+        return await call(request, None)
 
     handle.__name__ = spec.handler.__name__
     return handle
+
+
+def _render(spec: RouteSpec, result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=204 if spec.status in (200, 204) else spec.status)
+    return json_response(result, status=spec.status)

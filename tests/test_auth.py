@@ -54,11 +54,14 @@ async def test_whole_account_flow_over_smtp(smtp_api: Api, smtp, smtp_worker) ->
     reply = await api.post("/api/auth/register", json={
         "email": email, "password": "s3cret-password", "display_name": "Flow",
         "date_of_birth": "1995-05-05"})
-    assert reply.status == 201, reply
-    user = reply.body["user"]
+    assert reply.status == 202, reply
+    assert set(reply.body) == {"status", "message"}  # tokens come from login only
+    first = await api.post("/api/auth/login", json={"email": email, "password": "s3cret-password"})
+    assert first.status == 200, first  # an unverified account may sign in
+    user = first.body["user"]
     assert user["email"] == email.lower() and user["email_verified"] is False
-    assert reply.body["token_type"] == "Bearer" and reply.body["expires_in"] == 900
-    access, refresh = reply.body["access_token"], reply.body["refresh_token"]
+    assert first.body["token_type"] == "Bearer" and first.body["expires_in"] == 900
+    access, refresh = first.body["access_token"], first.body["refresh_token"]
 
     profile = await api.get("/api/auth/profile", token=access)
     assert profile.status == 200
@@ -83,7 +86,7 @@ async def test_whole_account_flow_over_smtp(smtp_api: Api, smtp, smtp_worker) ->
     # The reuse revoked the whole family: the newest token of it is dead too.
     newest = await api.post("/api/auth/refresh", json={"refresh_token": rotated.body["refresh_token"]})
     assert newest.status == 401 and newest.body["error"] == "token_revoked"
-    # Another family (the registration session) still works.
+    # Another family (the first sign-in) still works.
     other = await api.post("/api/auth/refresh", json={"refresh_token": refresh})
     assert other.status == 200
 
@@ -122,9 +125,15 @@ async def test_minors_and_duplicates_are_refused(api: Api) -> None:
         "date_of_birth": seventeen})
     assert minor.status == 400
     user = await api.register()
+    fresh = await api.post("/api/auth/register", json={
+        "email": f"new-{uuid.uuid4().hex[:8]}@example.com", "password": "long enough pw",
+        "date_of_birth": "1990-01-01"})
     dup = await api.post("/api/auth/register", json={
         "email": user.email.upper(), "password": "long enough pw", "date_of_birth": "1990-01-01"})
-    assert dup.status == 409 and dup.body["error"] == "conflict"
+    # No enumeration: a known email answers exactly like a new one (its owner gets an email).
+    assert dup.status == fresh.status == 202 and dup.body == fresh.body
+    still = await api.post("/api/auth/login", json={"email": user.email, "password": user.password})
+    assert still.status == 200  # the account and its password are untouched
 
 
 async def test_long_and_unicode_passwords_are_all_significant(api: Api) -> None:
@@ -160,7 +169,8 @@ async def test_jwt_attacks_are_refused(api: Api, settings) -> None:
     user = await api.register()
     secret = settings.jwt_secret.get_secret_value()
     now = int(time.time())
-    good = {"sub": user.id, "typ": "access", "ver": 0, "iat": now, "exp": now + 60}
+    good = {"sub": user.id, "typ": "access", "ver": 0, "sid": str(uuid.uuid4()), "iat": now,
+            "exp": now + 60}
     none_token = jwt.encode(good, None, algorithm="none")
     attempts = {
         "alg none": none_token,
@@ -170,6 +180,8 @@ async def test_jwt_attacks_are_refused(api: Api, settings) -> None:
         "refresh as access": user.refresh_token,
         "missing ver": jwt.encode({k: v for k, v in good.items() if k != "ver"}, secret, algorithm="HS256"),
         "missing sub": jwt.encode({k: v for k, v in good.items() if k != "sub"}, secret, algorithm="HS256"),
+        "missing sid": jwt.encode({k: v for k, v in good.items() if k != "sid"}, secret, algorithm="HS256"),
+        "bad sid": jwt.encode({**good, "sid": "not-a-uuid"}, secret, algorithm="HS256"),
         "wrong typ": jwt.encode({**good, "typ": "refresh"}, secret, algorithm="HS256"),
         "garbage": "a.b.c",
     }

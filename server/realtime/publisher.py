@@ -100,6 +100,10 @@ class Publisher:
         """
         await self.redis.publish(self.settings.key("revocations"), str(user_id))
 
+    async def disconnect_session(self, user_id: uuid.UUID | str, session_id: uuid.UUID | str) -> None:
+        """Close the sockets of one session of the user (signed in with its access tokens)."""
+        await self.redis.publish(self.settings.key("revocations"), f"{user_id} {session_id}")
+
     async def backlog(
         self, user_id: uuid.UUID | str, last_event_id: str, *, page: int = 1000
     ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
