@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from server.schemas import Input, Page, PageQuery
 
 AvatarStatus = Literal["creating", "ready", "failed"]
-Trait = str | int | float | bool
+TRAIT_LIMIT = 1_000_000  # numeric traits (height, weight...): real values, stored and sent back as given
+# Strict: "6" stays a string and true a boolean, each kept as the type it was sent as.
+Trait = (StrictBool
+         | Annotated[int, Field(strict=True, ge=-TRAIT_LIMIT, le=TRAIT_LIMIT)]
+         | Annotated[float, Field(strict=True, ge=-TRAIT_LIMIT, le=TRAIT_LIMIT, allow_inf_nan=False)]
+         | Annotated[str, Field(max_length=200)])
+Age = Annotated[int, Field(strict=True, ge=18, le=120, description="Avatars are adults: 18 or over")]
 
 
 def _check_appearance(value: dict[str, Trait] | None) -> dict[str, Trait] | None:
@@ -29,7 +35,7 @@ def _check_appearance(value: dict[str, Trait] | None) -> dict[str, Trait] | None
 
 class AvatarCreateIn(Input):
     name: str = Field(min_length=1, max_length=100)
-    age: int = Field(ge=18, le=120, description="Avatars are adults: 18 or over")
+    age: Age
     description: str | None = Field(None, max_length=2000)
     appearance: dict[str, Trait] | None = None
     personality: str | None = Field(None, max_length=1000)
@@ -40,7 +46,7 @@ class AvatarCreateIn(Input):
 
 class AvatarUpdateIn(Input):
     name: str | None = Field(None, min_length=1, max_length=100)
-    age: int | None = Field(None, ge=18, le=120)
+    age: Age | None = None
     description: str | None = Field(None, max_length=2000)
     appearance: dict[str, Trait] | None = None
     personality: str | None = Field(None, max_length=1000)
