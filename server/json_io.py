@@ -60,8 +60,9 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than this endpoint's limit of {limit // 1024} KB"
 
 
-async def read_json(request: web.Request, *, limit: int) -> Any:
-    """The request body as JSON, read up to `limit` bytes; an empty body is an empty object."""
+async def read_json(request: web.Request, *, limit: int, required: bool = False) -> Any:
+    """The request body as JSON, read up to `limit` bytes; an empty body is an empty object,
+    or a 400 when the route requires one."""
     require_json_media_type(request)
     refuse_oversized(request, limit=limit)
     chunks: list[bytes] = []
@@ -77,6 +78,9 @@ async def read_json(request: web.Request, *, limit: int) -> Any:
         raise PayloadTooLarge(_too_large(limit)) from exc
     raw = b"".join(chunks)
     if not raw.strip():
+        if required:
+            raise ValidationFailed("This endpoint needs a JSON body",
+                                   details=[{"field": "body", "message": "missing"}])
         return {}
     try:
         return orjson.loads(raw)  # C, bounded by `limit` (64 KB parse in well under 1 ms)

@@ -134,7 +134,8 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if spec.query is not None:
             kwargs["query"] = parse(spec.query, dict(request.query))
         if spec.body is not None:
-            kwargs["body"] = parse(spec.body, await read_json(request, limit=spec.body_limit))
+            raw = await read_json(request, limit=spec.body_limit, required=True)
+            kwargs["body"] = parse(spec.body, raw)
         elif not spec.raw_body and request.method in BODY_METHODS:
             refuse_body(await read_json(request, limit=spec.body_limit))
         if "session" not in wants:

@@ -19,7 +19,6 @@ from sqlalchemy import text
 from tests.conftest import _asyncpg_dsn, start_app
 from tests.support.api import Api, emails_in, verified_user, wait_for_email
 from tests.support.flows import balance
-from tests.support.sockets import SocketClient
 
 
 def _nested(depth: int, leaf: object = 1) -> object:
