@@ -91,37 +91,53 @@ async def read_json(request: web.Request, *, limit: int, required: bool = False)
         ) from exc
 
 
+_NUMBERS = frozenset({int, float, bool})
+
+
 def _problems(value: Any) -> list[dict[str, str]]:
     """NULs (PostgreSQL text cannot hold one), depth and numbers out of range, found without
-    recursion: input nested 1,000 deep must be a 400, not a RecursionError."""
-    found: list[dict[str, str]] = []
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    recursion (input nested 1,000 deep is a 400, not a RecursionError). A container of only
+    numbers or only strings is checked by builtins in C: 64 KB of integers in ~0.5 ms."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
     while stack:
-        item, path, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                found.append({"field": path or "body", "message": "contains a NUL character"})
-        elif isinstance(item, bool) or item is None:
+        item, path = stack.pop()
+        if len(path) >= MAX_DEPTH:
+            return [{"field": _field(path), "message": f"nested deeper than {MAX_DEPTH} levels"}]
+        if type(item) is dict:
+            if "\x00" in "".join(item):
+                found += [((*path, key), "contains a NUL character") for key in item if "\x00" in key]
+            children = list(item.values())
+        else:
+            children = item
+        kinds = set(map(type, children))
+        if kinds <= _NUMBERS:
+            if not children or -MAX_SAFE_NUMBER <= min(children) and max(children) <= MAX_SAFE_NUMBER:
+                continue
+        elif kinds == {str} and "\x00" not in "".join(children):
             continue
-        elif isinstance(item, (int, float)):
-            if not -MAX_SAFE_NUMBER <= item <= MAX_SAFE_NUMBER or item != item:
-                found.append({"field": path or "body",
-                              "message": f"numbers must be within +/-{MAX_SAFE_NUMBER}"})
-        elif isinstance(item, (dict, list)):
-            if depth >= MAX_DEPTH:
-                return [{"field": path or "body", "message": f"nested deeper than {MAX_DEPTH} levels"}]
-            pairs = item.items() if isinstance(item, dict) else enumerate(item)
-            for key, child in pairs:
-                where = f"{path}.{key}" if path else str(key)
-                if isinstance(key, str) and "\x00" in key:
-                    found.append({"field": where, "message": "contains a NUL character"})
-                stack.append((child, where, depth + 1))
-    return found
+        for key, child in (item.items() if type(item) is dict else enumerate(item)):
+            kind = type(child)
+            if kind is int or kind is float:
+                if not -MAX_SAFE_NUMBER <= child <= MAX_SAFE_NUMBER:
+                    found.append(((*path, key), f"numbers must be within +/-{MAX_SAFE_NUMBER}"))
+            elif kind is str:
+                if "\x00" in child:
+                    found.append(((*path, key), "contains a NUL character"))
+            elif kind is dict or kind is list:
+                stack.append((child, (*path, key)))
+    if type(value) is str and "\x00" in value:
+        found.append(((), "contains a NUL character"))
+    return [{"field": _field(path), "message": message} for path, message in found]
+
+
+def _field(path: tuple[Any, ...]) -> str:
+    return ".".join(map(str, path)) or "body"
 
 
 def parse(model: type[M], data: Any) -> M:
     """Validate input into `model`; every failure is a 400 with field details."""
-    bad = _problems(data)
+    bad = _problems(data) if isinstance(data, (dict, list, str)) else []
     if bad:
         raise ValidationFailed(details=sorted(bad, key=lambda d: d["field"])[:50])
     try:
