@@ -94,6 +94,29 @@ async def read_json(request: web.Request, *, limit: int, required: bool = False)
 _NUMBERS = frozenset({int, float, bool})
 
 
+class _TooDeep:
+    """Stands in for a decoded value that nested past MAX_DEPTH (see realtime/wire.py)."""
+
+    def __repr__(self) -> str:
+        return "<nested too deeply>"
+
+
+TOO_DEEP = _TooDeep()
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether containers nest past `limit` levels; without recursion, scalars in C."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if type(item) is dict else item
+        if set(map(type, children)) & {dict, list}:
+            stack += [(child, depth + 1) for child in children if type(child) in (dict, list)]
+    return False
+
+
 def _problems(value: Any) -> list[dict[str, str]]:
     """NULs (PostgreSQL text cannot hold one), depth and numbers out of range, found without
     recursion (input nested 1,000 deep is a 400, not a RecursionError). A container of only
@@ -135,11 +158,19 @@ def _field(path: tuple[Any, ...]) -> str:
     return ".".join(map(str, path)) or "body"
 
 
-def parse(model: type[M], data: Any) -> M:
-    """Validate input into `model`; every failure is a 400 with field details."""
+def ensure_bounded(data: Any) -> None:
+    """Depth, number range and NULs of decoded input, before anything recurses or stores."""
+    if data is TOO_DEEP:
+        raise ValidationFailed(details=[{"field": "body",
+                                         "message": f"nested deeper than {MAX_DEPTH} levels"}])
     bad = _problems(data) if isinstance(data, (dict, list, str)) else []
     if bad:
         raise ValidationFailed(details=sorted(bad, key=lambda d: d["field"])[:50])
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate input into `model`; every failure is a 400 with field details."""
+    ensure_bounded(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -85,7 +85,8 @@ async def test_json_nested_1000_deep_is_400_not_500(api: Api, path: str) -> None
     assert inside.status == 400 and "nested deeper" in inside.body["details"][0]["message"]
 
 
-async def test_socket_frames_nested_1000_deep_get_an_error_ack(api: Api, app_server, settings) -> None:
+async def test_socket_frames_nested_1000_deep_get_an_error_ack(api: Api, app_server, settings,
+                                                               caplog) -> None:
     user = await api.register()
     ws_url = api.base_url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
@@ -98,9 +99,16 @@ async def test_socket_frames_nested_1000_deep_get_an_error_ack(api: Api, app_ser
             2: f'["content.cancel",{{"content_id":{deep}}}]',
             3: f'["content.generate",{deep}]',
             4: f'["events.replay",{{"last_event_id":{deep}}}]',
+            5: f'["content.cancel",{{"content_id":{_deep_json(3000).decode()}}}]',  # past orjson's own limit
         }
         for ack_id, frame in frames.items():
             await ws.send_str(f"42{ack_id}{frame}")
+        # A binary event: python-socketio would rebuild its (1,000-deep) arguments recursively.
+        placeholder = '{"_placeholder":true,"num":0}'
+        await ws.send_str('451-6["content.cancel",{"content_id":' + "[" * 1000 + placeholder
+                          + "]" * 1000 + "}]")
+        await ws.send_bytes(b"\x01\x02")
+        frames[6] = "binary"
         acks = {}
         while len(acks) < len(frames):
             message = await asyncio.wait_for(ws.receive_str(), 5)
@@ -113,9 +121,10 @@ async def test_socket_frames_nested_1000_deep_get_an_error_ack(api: Api, app_ser
         for ack_id, ack in acks.items():
             assert ack["ok"] is False, (ack_id, ack)
             assert ack["error"]["error"] == "validation_error", (ack_id, ack)
-        await ws.send_str('425["ping"]')  # the connection is still fine
-        assert (await asyncio.wait_for(ws.receive_str(), 5)).startswith("435")
+        await ws.send_str('427["ping"]')  # the connection is still fine
+        assert (await asyncio.wait_for(ws.receive_str(), 5)).startswith("437")
     assert await balance(api, user) == 25
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
 
 
 async def test_numbers_out_of_range_are_400_with_nothing_charged_or_created(api: Api, worker,

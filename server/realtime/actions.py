@@ -23,7 +23,7 @@ from server.auth.current_user import CurrentUser
 from server.content import service as content_service
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.errors import ValidationFailed
-from server.json_io import parse
+from server.json_io import ensure_bounded, parse
 
 if TYPE_CHECKING:
     from server.realtime.server import Realtime
@@ -88,6 +88,7 @@ class CancelIn(BaseModel):
 @action("content.generate")
 async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
     """Queue a generation: {kind: image|video, ...the REST body}; answers the queued content."""
+    ensure_bounded(body)
     if not isinstance(body, dict) or body.get("kind") not in ("image", "video"):
         raise ValidationFailed("kind must be image or video",
                                details=[{"field": "kind", "message": "must be image or video"}])
