@@ -15,6 +15,7 @@ from typing import Any
 from arq import Retry
 from arq.worker import func
 
+from db.faults import is_transient
 from db.session import transaction
 from server.adapters.ai.base import AvatarSpec, ProviderError
 from server.adapters.storage.base import avatar_thumbnail_key
@@ -94,10 +95,14 @@ async def make_avatar(ctx: dict[str, Any], *, avatar_id: str, regeneration_id: s
             raise Retry(defer=min(2 ** tries, 30)) from exc
         await _give_up(res, avatar, regeneration, exc.message)
     except asyncio.CancelledError:
-        # A job timeout or shutdown: settle the money before arq moves on.
-        await asyncio.shield(_give_up(res, avatar, regeneration, "The avatar job was interrupted"))
-        raise
+        stopping = ctx.get("stopping")
+        if stopping is None or not stopping.is_set():  # a timeout: settle the money before arq moves on
+            await asyncio.shield(_give_up(res, avatar, regeneration, "The avatar job was interrupted"))
+        raise  # on a worker shutdown arq queues the job again at once; every step is repeatable
     except Exception as exc:
+        if is_transient(exc):  # the database or Redis is away: not the avatar's fault
+            log.warning("avatar %s interrupted (%r), retrying", avatar, exc)
+            raise Retry(defer=2) from exc
         if tries < MAX_TRIES:
             log.exception("avatar %s failed (try %d), retrying", avatar, tries)
             raise Retry(defer=min(2 ** tries, 30)) from exc
@@ -105,17 +110,18 @@ async def make_avatar(ctx: dict[str, Any], *, avatar_id: str, regeneration_id: s
 
 
 async def sweep_avatars(ctx: dict[str, Any]) -> int:
-    """Re-queue avatars whose job went missing; fail and refund those stuck far too long."""
+    """Re-queue avatars (and new thumbnails) whose job went missing; fail and refund those stuck far too long."""
     res = ctx["res"]
     async with transaction(res.sessionmaker) as session:
         stuck = await service.stuck_avatars(session, older_than_seconds=STUCK_AFTER_SECONDS)
         hopeless = set(await service.stuck_avatars(session, older_than_seconds=FAIL_AFTER_SECONDS))
-    for avatar_id in stuck:
-        if avatar_id in hopeless:
-            await _give_up(res, avatar_id, None, "The avatar took too long to create")
+    for avatar_id, regeneration_id in stuck:
+        if (avatar_id, regeneration_id) in hopeless:
+            await _give_up(res, avatar_id, regeneration_id, "The avatar took too long to create")
         else:
-            await service.enqueue_make(res.queue, avatar_id=avatar_id)
+            await service.enqueue_make(res.queue, avatar_id=avatar_id, regeneration_id=regeneration_id)
     return len(stuck)
 
 
-AVATAR_JOB = func(make_avatar, name=service.MAKE_AVATAR_JOB, max_tries=MAX_TRIES, timeout=300)
+# arq must not give up first: shutdowns and lost dependencies queue the job again without a failure.
+AVATAR_JOB = func(make_avatar, name=service.MAKE_AVATAR_JOB, max_tries=100, timeout=300)

@@ -1,8 +1,9 @@
 """The cron sweep: no charged generation is ever lost.
 
 Queued content whose job is missing (Redis lost it, or the enqueue after commit failed)
-is enqueued again; processing content whose lease expired (its worker died) is taken
-over by a fresh job, or failed and refunded once its attempts are used up.
+gets a new job; processing content whose lease expired (its worker died) is taken over
+by a new job, or failed and refunded once its attempts are used up. Every takeover is a
+compare-and-set on what the sweep read, so a live run is never superseded by mistake.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Any
 from arq.cron import cron
 from arq.jobs import Job, JobStatus
 from sqlalchemy import func as sql
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from db.models import GeneratedContent as C
-from db.session import transaction
-from jobs.generation import fail_generation
+from server.content import lifecycle
+from server.content.runner import fail_generation
 from server.content.service import JOB_FOR_KIND
 from server.queueing import enqueue
 from server.resources import Resources
@@ -34,44 +35,42 @@ async def _job_alive(res: Resources, job_id: str | None) -> bool:
     return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
 
-async def _requeue(res: Resources, *, content_id, kind: str, reason: str) -> None:
-    job_id = f"{content_id}:{reason}{int(time.time() * 1000)}"
-    async with transaction(res.sessionmaker) as session:
-        await session.execute(update(C).where(C.id == content_id).values(job_id=job_id))
-    await enqueue(res.queue, JOB_FOR_KIND[kind], str(content_id), job_id=job_id)
-    log.warning("sweep re-enqueued %s content %s as %s", kind, content_id, job_id)
+async def _take_over(res: Resources, row: Any, *, reason: str) -> bool:
+    job_id = f"{row.id}:{reason}{int(time.time() * 1000)}"
+    moved = await lifecycle.persist(res.sessionmaker, lambda session: lifecycle.take_over(
+        session, content_id=row.id, seen_job_id=row.job_id, seen_status=row.status,
+        seen_attempts=row.attempts, new_job_id=job_id), patience=0)
+    if moved:
+        await enqueue(res.queue, JOB_FOR_KIND[row.type], str(row.id), job_id=job_id)
+        log.warning("sweep gave %s content %s a new job %s (%s)", row.type, row.id, job_id, reason)
+    return moved
 
 
 async def sweep_generations(ctx: dict[str, Any]) -> dict[str, int]:
     res: Resources = ctx["res"]
     settings = res.settings
     counts = {"requeued": 0, "taken_over": 0, "failed": 0}
+    columns = (C.id, C.type, C.status, C.job_id, C.attempts)
     async with res.sessionmaker() as session:
-        stale_queued = (
-            await session.execute(
-                select(C.id, C.type, C.job_id).where(
-                    C.status == "queued",
-                    C.updated_at < sql.now() - sql.make_interval(0, 0, 0, 0, 0, 0, settings.queued_grace_seconds),
-                ).limit(BATCH)
-            )
-        ).all()
-        expired = (
-            await session.execute(
-                select(C.id, C.type, C.attempts).where(C.status == "processing", C.deadline_at < sql.now())
-                .limit(BATCH)
-            )
-        ).all()
+        stale_queued = (await session.execute(
+            select(*columns).where(
+                C.status == "queued",
+                C.updated_at < sql.now() - sql.make_interval(0, 0, 0, 0, 0, 0, settings.queued_grace_seconds),
+            ).order_by(C.updated_at).limit(BATCH)
+        )).all()
+        expired = (await session.execute(
+            select(*columns).where(C.status == "processing", C.deadline_at < sql.now())
+            .order_by(C.deadline_at).limit(BATCH)
+        )).all()
     for row in stale_queued:
-        if not await _job_alive(res, row.job_id):
-            await _requeue(res, content_id=row.id, kind=row.type, reason="sweep")
+        if not await _job_alive(res, row.job_id) and await _take_over(res, row, reason="sweep"):
             counts["requeued"] += 1
     for row in expired:
         if row.attempts >= settings.generation_max_attempts:
-            if await fail_generation(res, content_id=row.id, attempt=row.attempts,
+            if await fail_generation(res, content_id=row.id, attempt=row.attempts, job_id=row.job_id,
                                      error="The generation did not finish after several attempts"):
                 counts["failed"] += 1
-        else:
-            await _requeue(res, content_id=row.id, kind=row.type, reason="takeover")
+        elif await _take_over(res, row, reason="takeover"):
             counts["taken_over"] += 1
     return counts
 

@@ -1,22 +1,88 @@
-"""arq WorkerSettings built from Settings; resources live in the worker's ctx."""
+"""The arq worker built from Settings: resources in its ctx, a heartbeat, Redis outages
+survived, and a shutdown that hands running jobs back instead of failing them."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import logging
+import os
+import socket
 import time
 from contextlib import AsyncExitStack
+from signal import Signals
 from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from server import logs
 from server.config import Settings
+from server.queueing import worker_heartbeat_key
 from server.resources import open_resources
 
 log = logging.getLogger("jobs")
+HEARTBEAT_SECONDS = 2.0
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LustifyWorker(Worker):
+    """arq's Worker that outlives Redis outages and beats a heartbeat /health can see."""
+
+    def __init__(self, *args: Any, heartbeat: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.heartbeat = heartbeat
+        self.id = worker_id()
+        self._last_beat = 0.0
+        self._redis_down_since: float | None = None
+
+    def handle_sig(self, signum: Signals) -> None:
+        self.ctx["stopping"].set()  # jobs tell a shutdown from a timeout by this
+        super().handle_sig(signum)
+
+    def handle_sig_wait_for_completion(self, signum: Signals) -> None:
+        self.ctx["stopping"].set()
+        super().handle_sig_wait_for_completion(signum)
+
+    async def _poll_iteration(self) -> None:
+        # arq lets a Redis error out of its poll loop and the worker dies; here it waits
+        # for Redis instead (running jobs go on: they use their own connections).
+        try:
+            await super()._poll_iteration()
+            await self._beat()
+        except (RedisError, OSError) as exc:
+            now = time.monotonic()
+            if self._redis_down_since is None:
+                self._redis_down_since = now
+                log.warning("worker lost Redis (%s); waiting for it", exc)
+            await asyncio.sleep(min(1.0, 0.1 + (now - self._redis_down_since) / 10))
+            return
+        if self._redis_down_since is not None:
+            log.warning("worker has Redis again after %.1f s", time.monotonic() - self._redis_down_since)
+            self._redis_down_since = None
+
+    async def _beat(self) -> None:
+        now = time.time()
+        if now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.heartbeat, {self.id: now})
+            pipe.zremrangebyscore(self.heartbeat, "-inf", now - 3600)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            try:
+                await self.pool.zrem(self.heartbeat, self.id)
+            except (RedisError, OSError):
+                pass
+        await super().close()
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -64,12 +130,14 @@ def cron_jobs(settings: Settings) -> list[Any]:
 
     from jobs.avatars import sweep_avatars
     from jobs.billing import BILLING_CRON
+    from jobs.idempotency import IDEMPOTENCY_CRON
     from jobs.sweep import sweep_cron
 
     return [
         sweep_cron(settings),
         cron(sweep_avatars, minute=set(range(0, 60, 5)), run_at_startup=False, unique=True),
         BILLING_CRON,
+        IDEMPOTENCY_CRON,
     ]
 
 
@@ -85,12 +153,16 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "max_jobs": 20,
         "job_timeout": 600,
         "keep_result": 300,
-        "ctx": {"settings": settings},
+        # arq gives each job a copy of ctx: "stopping" is an object they share, not a flag.
+        "ctx": {"settings": settings, "stopping": asyncio.Event()},
         "handle_signals": True,
+        # SIGTERM: take no new job, let running ones finish for this long, then hand them back.
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
+        "heartbeat": worker_heartbeat_key(settings),
     }
     options.update(overrides)
     return options
 
 
-def make_worker(settings: Settings, **overrides: Any) -> Worker:
-    return Worker(**worker_options(settings, **overrides))
+def make_worker(settings: Settings, **overrides: Any) -> LustifyWorker:
+    return LustifyWorker(**worker_options(settings, **overrides))

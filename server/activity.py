@@ -9,15 +9,15 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import ActivityEvent
+from server.realtime import outbox
 from server.realtime.events import ActivityPosted
-from server.realtime.publisher import notify
 
 
 async def record(
     session: AsyncSession, *, user_id: uuid.UUID, type: str, message: str,
     data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Add an activity row in the current transaction and push it after commit."""
+    """Add an activity row in the current transaction; its `activity` event is durable."""
     row = (
         await session.execute(
             insert(ActivityEvent)
@@ -27,5 +27,5 @@ async def record(
         )
     ).mappings().one()
     activity = dict(row)
-    notify(session, user_id, ActivityPosted(activity=activity))
+    outbox.emit(session, user_id, ActivityPosted(activity=activity))
     return activity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -47,6 +48,8 @@ def create_app(settings: Settings) -> web.Application:
     passwords.use_threads(settings.password_hash_threads)
     app[keys.settings] = settings
     app[keys.metrics] = Metrics()
+    app[keys.in_flight] = middleware.InFlight()
+    app[keys.draining] = asyncio.Event()
 
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
         async with open_resources(settings, metrics=app[keys.metrics]) as resources:

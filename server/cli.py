@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from server import logs
@@ -62,14 +63,9 @@ def cmd_seed(settings: Settings, *, demo: bool = False) -> int:
 
 
 def cmd_serve(settings: Settings) -> int:
-    from aiohttp import web
+    from server.serving import serve
 
-    from server.app import create_app
-
-    app = create_app(settings)
-    print(f"Lustify API listening on http://{settings.host}:{settings.port}", flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, access_log=None, print=None,
-                shutdown_timeout=10)
+    asyncio.run(serve(settings))
     return 0
 
 
@@ -93,6 +89,37 @@ def _persistent_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
+class WorkerSupervisor:
+    """Runs `lustify worker` as a child and starts it again if it dies (as compose would)."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.stopping = threading.Event()
+        self.proc = self._spawn()
+        self.thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+        self.thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env)
+
+    def _watch(self) -> None:
+        while not self.stopping.wait(0.5):
+            code = self.proc.poll()
+            if code is not None and not self.stopping.is_set():
+                log.warning("the worker exited with %s; starting it again", code)
+                self.proc = self._spawn()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(2)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Everything on one machine: embedded PostgreSQL and Redis unless URLs are given."""
     from server.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -108,7 +135,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = _persistent_secret(data_dir / "jwt_secret")
     postgres = redis = None
-    worker: subprocess.Popen | None = None
+    worker: WorkerSupervisor | None = None
     try:
         if not env.get("DATABASE_URL") and not env.get("DB_HOST"):
             postgres = EmbeddedPostgres(data_dir / "postgres")
@@ -120,7 +147,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         logs.configure(settings.log_level, json=settings.log_json)
         cmd_migrate(settings)
         cmd_seed(settings)
-        worker = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=env)
+        worker = WorkerSupervisor(env)
         print(
             f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (docs: /docs, health: /health)\n"
             f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
@@ -131,12 +158,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         )
         return cmd_serve(settings)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        if worker is not None:
+            worker.stop()
         if redis is not None:
             redis.stop()
         if postgres is not None:

@@ -102,20 +102,25 @@ class Settings(BaseSettings):
     socketio_compression: bool = False  # see DESIGN.md Performance: ~95 KB zlib state per socket
     socketio_max_message_bytes: int = 64 * 1024
     socketio_client_events_per_10s: int = 50
+    realtime_catch_up_seconds: float = Field(1.0, gt=0)  # servers compare their feeds with the outbox
     socketio_ping_interval_seconds: float = 25.0
     socketio_ping_timeout_seconds: float = 20.0
     gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
     socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.02
+    shutdown_grace_seconds: float = Field(10.0, ge=0)  # SIGTERM: requests in flight get this long
+    worker_shutdown_grace_seconds: int = Field(5, ge=0)  # on SIGTERM, then running jobs are handed back
 
     generation_max_attempts: int = Field(3, ge=1, le=10)
     generation_lease_seconds: int = Field(60, ge=1)  # a job renews it; past it the sweep takes over
     generation_retry_backoff_seconds: float = 2.0
+    generation_db_patience_seconds: float = 20.0  # a job waits this long for PostgreSQL to come back
     image_job_timeout_seconds: int = 300
     video_job_timeout_seconds: int = 900  # provider video times are minutes
     video_poll_interval_seconds: float = 5.0
     sweep_interval_seconds: int = Field(10, ge=1, le=60)
     queued_grace_seconds: int = 30  # queued this long without an arq job -> re-enqueued
+    idempotency_retention_hours: int = Field(24, ge=24)  # API.md: keys are kept at least 24 h
 
     @field_validator("cors_origins", "trusted_proxies", "credit_packs", mode="before")
     @classmethod

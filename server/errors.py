@@ -90,6 +90,14 @@ class Conflict(DomainError):
     status, code, default_message = 409, "conflict", "The request conflicts with the current state"
 
 
+class IdempotencyKeyInUse(DomainError):
+    status, code = 409, "idempotency_key_in_use"
+    default_message = "A request with this Idempotency-Key is still running; retry shortly"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class PayloadTooLarge(DomainError):
     status, code, default_message = 413, "payload_too_large", "The request body is too large"
 
@@ -102,6 +110,24 @@ class UnsupportedMediaType(DomainError):
 class ContentPolicyViolation(DomainError):
     status, code = 422, "content_policy_violation"
     default_message = "The request violates the content policy"
+
+
+class IdempotencyKeyReused(DomainError):
+    status, code = 422, "idempotency_key_reused"
+    default_message = "This Idempotency-Key was used with another request; use a new key"
+
+
+class RecordedFailure(DomainError):
+    """A failure answered before under the same idempotency key, answered again as it was."""
+
+    commit_before_raise = True  # its record (when new) commits; the work itself was rolled back
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(str(body.get("message", "")))
+        self.status, self.code, self.recorded = status, str(body.get("error", "")), body
+
+    def body(self) -> dict[str, Any]:
+        return self.recorded
 
 
 class RateLimited(DomainError):

@@ -1,5 +1,6 @@
 """Typed application keys: everything create_app puts on the app."""
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -14,6 +15,9 @@ resources = web.AppKey("resources", Resources)
 metrics = web.AppKey("metrics", Metrics)
 # Serves a /socket.io websocket upgrade (server/realtime/engine.py), ahead of the middlewares.
 socketio_websockets = web.AppKey("socketio_websockets", Callable[[web.Request], Awaitable[web.StreamResponse]])
+# Requests being handled, and whether the process is draining (server/serving.py).
+in_flight = web.AppKey("in_flight", object)
+draining = web.AppKey("draining", asyncio.Event)
 
 request_id = web.RequestKey("request_id", str)
 rate_verdict = web.RequestKey("rate_verdict", Verdict)

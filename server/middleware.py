@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import asyncpg
 from aiohttp import web
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import IntegrityError
 
+from db.faults import is_transient
 from server import keys
 from server.errors import (
     Conflict,
@@ -43,10 +41,6 @@ SECURITY_HEADERS = {
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 SERVER_HEADER = "lustify"
-UNAVAILABLE = (
-    RedisConnectionError, RedisTimeoutError, OSError, PoolTimeout, OperationalError,
-    asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, ConnectionError,
-)
 _HTTP_ERRORS: dict[int, type[DomainError]] = {
     400: ValidationFailed, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
 }
@@ -55,13 +49,6 @@ _HTTP_ERRORS: dict[int, type[DomainError]] = {
 def _route_label(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
-
-
-def _is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    cause = getattr(exc, "orig", None) or exc.__cause__
-    return isinstance(exc, UNAVAILABLE) or isinstance(cause, UNAVAILABLE)
 
 
 def error_response(exc: DomainError) -> web.Response:
@@ -74,6 +61,31 @@ def error_response(exc: DomainError) -> web.Response:
 async def generic_server_header(request: web.Request, response: web.StreamResponse) -> None:
     """`Server` names no software or version (aiohttp's default names both)."""
     response.headers["Server"] = SERVER_HEADER
+
+
+class InFlight:
+    """Counts HTTP requests being handled (websockets excluded: they are closed, not awaited)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count <= 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
 
 @web.middleware
@@ -100,9 +112,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     token = request_id.set(rid)
     request[keys.request_id] = rid
     started = time.perf_counter()
+    in_flight = request.app[keys.in_flight]
+    in_flight.enter()
     try:
         response = await handler(request)
     finally:
+        in_flight.leave()
         request_id.reset(token)
     elapsed = time.perf_counter() - started
     response.headers["X-Request-ID"] = rid
@@ -152,9 +167,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             InternalError(f"Internal server error (request id {request.get(keys.request_id)})")
         )
     except Exception as exc:
-        if _is_unavailable(exc):
+        if is_transient(exc):  # a dependency restarting, or a conflict that outlived its retries
             log.warning("dependency unavailable: %r", exc)
-            return error_response(ServiceUnavailable())
+            return error_response(ServiceUnavailable(headers={"Retry-After": "1"}))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
             InternalError(f"Internal server error (request id {request.get(keys.request_id)})")
@@ -185,7 +200,8 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Access-Control-Expose-Headers"] = (
-                "X-Request-ID, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset"
+                "X-Request-ID, Retry-After, X-RateLimit-Limit, X-RateLimit-Remaining, X-RateLimit-Reset, "
+                "Idempotent-Replayed"
             )
             response.headers.add("Vary", "Origin")
         return response

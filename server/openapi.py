@@ -25,6 +25,18 @@ ERROR_SCHEMA = {
     },
 }
 
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "Makes a retry safe (Stripe's semantics): the same key and body answer the first "
+                   "response again; another body is 422 idempotency_key_reused; while the first still "
+                   "runs, 409 idempotency_key_in_use. Scoped to the user, kept at least 24 h.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+REPLAYED_HEADER = {
+    "description": "`true` when this is the stored first response to the Idempotency-Key",
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
 DOCS_HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Lustify API</title>
 <link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
@@ -88,6 +100,10 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
         errors = set(spec.errors) | {400, 500}
         if spec.method in BODY_METHODS:
             errors |= {413, 415}  # routing.py refuses oversized and non-JSON bodies
+        if spec.idempotent:
+            op["parameters"].append(IDEMPOTENCY_KEY)
+            ok["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}
+            errors |= {409, 422}  # idempotency_key_in_use, idempotency_key_reused
         if spec.auth:
             errors |= {401}
             op["security"] = [{"bearer": []}]

@@ -3,7 +3,8 @@
 A handler names what it needs and the wrapper provides it: `body` (parsed with the
 declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
 around the handler, committed before the response is written), `reader` (a connection
-of the raw read pool, for hot reads with db/reader.py queries).
+of the raw read pool, for hot reads with db/reader.py queries), `idempotency_key` (the
+client's Idempotency-Key or None, on routes declared `idempotent=True`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from db.session import transaction
-from server import keys
+from db.session import run_in_transaction
+from server import idempotency, keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
 from server.json_io import (
@@ -51,6 +52,7 @@ class RouteSpec:
     rate_limit: str | None = "api"  # a RateLimiter policy name, or None
     errors: tuple[int, ...] = ()
     raw_body: bool = False
+    idempotent: bool = False  # takes an Idempotency-Key (server/idempotency.py)
     max_body: int | None = None  # bytes; None: DEFAULT_MAX_BODY, or RAW_MAX_BODY for raw bodies
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +111,10 @@ def _route_name(spec: RouteSpec) -> str:
 
 def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     wants = set(inspect.signature(spec.handler).parameters)
-    needs_reader = spec.auth or "reader" in wants
+    if spec.idempotent and not (spec.auth and "session" in wants):
+        raise TypeError(f"{_route_name(spec)}: an idempotent route has a user and a session")
+    if "idempotency_key" in wants and not spec.idempotent:
+        raise TypeError(f"{_route_name(spec)} takes idempotency_key: declare it idempotent=True")
 
     async def call(request: web.Request, reader: Any) -> Any:
         res = request.app[keys.resources]
@@ -121,7 +126,13 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             if spec.raw_body:  # the handler reads it: aiohttp stops at the limit
                 request = request.clone(client_max_size=spec.body_limit)
         if spec.auth:
-            user = await authenticate(request, reader)
+            if reader is None:
+                # Given back before the body is read and the transaction opens: a request
+                # holds one PostgreSQL connection at a time.
+                async with res.reader.acquire() as conn:
+                    user = await authenticate(request, conn)
+            else:
+                user = await authenticate(request, reader)
             request[keys.user_id] = user.id
         if spec.rate_limit:
             await res.rate_limiter.hit_request(request, spec.rate_limit, user_id=user.id if user else None)
@@ -138,18 +149,34 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             kwargs["body"] = parse(spec.body, raw)
         elif not spec.raw_body and request.method in BODY_METHODS:
             refuse_body(await read_json(request, limit=spec.body_limit))
+        key = idempotency.key_from(request) if spec.idempotent else None
+        if "idempotency_key" in wants:
+            kwargs["idempotency_key"] = key
         if "session" not in wants:
-            return _render(spec, await spec.handler(**kwargs))
+            return await spec.handler(**kwargs)
         # The transaction opens only now, after auth, limits and parsing: it stays short.
-        async with transaction(res.sessionmaker) as session:
-            # Encoded before the commit: a response that cannot be built leaves no write behind.
-            return _render(spec, await spec.handler(session=session, **kwargs))
+        # A deadlock or serialization failure runs the whole handler (and its key check) again.
+        if key is None:
+            async def work(session: Any) -> web.StreamResponse:
+                # Encoded before the commit: a response that cannot be built leaves no write.
+                return _render(spec, await spec.handler(session=session, **kwargs))
+
+            return await run_in_transaction(res.sessionmaker, work)
+        assert user is not None
+        fingerprint = idempotency.fingerprint(f"{request.method} {request.path}", kwargs.get("body"))
+        return await run_in_transaction(res.sessionmaker, lambda session: idempotency.run(
+            session, user_id=user.id, key=key, status=spec.status, fingerprint=fingerprint,
+            work=lambda: spec.handler(session=session, **kwargs)))
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if needs_reader:
+        if "reader" in wants:  # a hot read: one connection for auth and the read
             async with request.app[keys.resources].reader.acquire() as reader:
-                return await call(request, reader)
-        return await call(request, None)
+                result = await call(request, reader)
+        else:
+            result = await call(request, None)
+        if isinstance(result, idempotency.Outcome):  # encoded in its transaction
+            return idempotency.response(result)
+        return _render(spec, result)
 
     handle.__name__ = spec.handler.__name__
     return handle

@@ -15,6 +15,7 @@ from server.json_io import json_response
 from server.metrics import generation_job_metrics
 from server.middleware import generic_server_header
 from server.openapi import docs_page
+from server.queueing import live_workers
 from server.resources import Resources
 from server.routing import Routes
 
@@ -42,6 +43,10 @@ async def _check_redis(res: Resources) -> str:
     return "ok"
 
 
+async def _check_worker(res: Resources) -> str:
+    return "ok" if await live_workers(res.redis, res.settings) else "stale"
+
+
 async def _run_check(check, res: Resources) -> str:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
@@ -52,11 +57,15 @@ async def _run_check(check, res: Resources) -> str:
 
 @routes.get("/health", response=HealthOut, auth=False, rate_limit=None, errors=(503,))
 async def health(request: web.Request) -> web.Response:
-    """Database and Redis reachability; 503 names the failing check."""
+    """Database and Redis reachability (503 names the failing one); `worker` is reported, not required."""
     res = request.app[keys.resources]
-    database, redis = await asyncio.gather(_run_check(_check_database, res), _run_check(_check_redis, res))
+    database, redis, worker = await asyncio.gather(
+        _run_check(_check_database, res), _run_check(_check_redis, res), _run_check(_check_worker, res))
     checks = {"database": database, "redis": redis}
+    if request.app[keys.draining].is_set():
+        checks["server"] = "draining"  # a deploy is stopping this process
     healthy = all(v == "ok" for v in checks.values())
+    checks["worker"] = worker  # a load balancer must not drop this server when no worker runs
     body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__}
     if not healthy:
         failing = ", ".join(name for name, v in checks.items() if v != "ok")

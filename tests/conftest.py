@@ -177,3 +177,22 @@ async def xai() -> AsyncIterator[object]:
     fake = await FakeXai().start()
     yield fake
     await fake.close()
+
+
+@pytest.fixture
+def own_stack(settings: Settings) -> Iterator[tuple[Settings, object, object]]:
+    """(settings, PostgreSQL, Redis) on servers of this test's own, to restart and kill."""
+    from db.migrate import upgrade
+    from server.cli import _seed
+    from tests.support.services import OwnPostgres, OwnRedis
+
+    pg, redis = OwnPostgres(), OwnRedis()
+    try:
+        admin_sql(pg.admin_url, 'CREATE DATABASE "lustify"')
+        own = settings.model_copy(update={"database_url": pg.url("lustify"), "redis_url": redis.url})
+        upgrade(own.sqlalchemy_url)
+        asyncio.run(_seed(own))
+        yield own, pg, redis
+    finally:
+        redis.close()
+        pg.close()

@@ -19,6 +19,7 @@ from server import keys
 from server.credits import ledger
 from tests.conftest import start_app
 from tests.support.api import Api, verified_user
+from tests.support.events import history
 from tests.support.fake_xai import FakeXai
 from tests.support.s3 import PresignGate, create_bucket, moto_s3, s3_settings
 from tests.support.workers import running_worker
@@ -92,10 +93,10 @@ async def test_verified_user_creates_an_avatar_that_becomes_ready_with_a_real_th
     spends = [r for r in await ledger_rows(app_server.app, user.id) if r[0] == "spend"]
     assert spends == [("spend", -10, f"avatar:{created['id']}:charge")]
 
-    publisher = app_server.app[keys.resources].publisher
+    res = app_server.app[keys.resources]
 
     async def published():
-        events = (await publisher.backlog(user.id, "0-0"))[0]
+        events = await history(res, user.id)
         return events if any(p.get("activity", {}).get("type") == "avatar.ready" for _, p in events) else None
     events = await wait_until(published)
     updates = [payload for name, payload in events if name == "avatar.updated"]
@@ -345,7 +346,7 @@ async def test_a_permanent_provider_error_fails_the_avatar_and_refunds_once(sett
             assert await balance(api, user) == 25
             assert len(xai.calls("POST /v1/images/generations")) == 1  # permanent: not retried
             async def failed_event():
-                events = (await res.publisher.backlog(user.id, "0-0"))[0]
+                events = await history(res, user.id)
                 return [p["avatar"]["status"] for n, p in events if n == "avatar.updated"]
             assert await wait_until(failed_event) == ["failed"]
     finally:

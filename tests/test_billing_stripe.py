@@ -12,7 +12,6 @@ import asyncpg
 import orjson
 import pytest
 from pydantic import SecretStr
-from redis.asyncio import Redis
 
 from server.adapters.billing.stripe import API_VERSION
 from tests.conftest import _asyncpg_dsn, start_app
@@ -70,12 +69,15 @@ async def subscribe_and_pay(api: Api, stripe: FakeStripe, user: User, plan: str 
 
 
 async def stream_events(stripe_settings, user: User) -> list[str]:
-    redis = Redis.from_url(stripe_settings.redis_dsn)
+    """The names of the user's durable events, from the outbox."""
+    import asyncpg
+
+    conn = await asyncpg.connect(stripe_settings.database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        entries = await redis.xrange(stripe_settings.key("events", user.id))
+        rows = await conn.fetch("SELECT name FROM user_events WHERE user_id = $1 ORDER BY seq", uuid.UUID(user.id))
     finally:
-        await redis.aclose()
-    return [fields[b"e"].decode() for _, fields in entries]
+        await conn.close()
+    return [row["name"] for row in rows]
 
 
 async def test_subscribe_confirm_payment_and_receive_plan_credits(sapi: Api, stripe: FakeStripe, db) -> None:

@@ -39,6 +39,33 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen:
     )
 
 
+def _worker_pids(parent: int) -> list[int]:
+    """`lustify worker` children of the dev process, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"worker" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_worker(url: str, timeout: float = 30) -> None:
+    """Until /health sees a worker heartbeat."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = _call(url + "/health")
+        if body.get("checks", {}).get("worker") == "ok":
+            return
+        time.sleep(0.2)
+    raise AssertionError("no worker heartbeat")
+
+
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 90) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,7 +100,16 @@ def test_dev_starts_on_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
     proc = _start(data_dir, port)
     try:
         health = _wait_healthy(proc, url)
-        assert health["checks"] == {"database": "ok", "redis": "ok"}
+        assert {k: health["checks"][k] for k in ("database", "redis")} == {"database": "ok", "redis": "ok"}
+        _wait_worker(url)
+        [first_worker] = _worker_pids(proc.pid)
+        # A worker that dies is started again, and /health sees the new one beat.
+        os.kill(first_worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _worker_pids(proc.pid) in ([], [first_worker]):
+            time.sleep(0.2)
+        assert _worker_pids(proc.pid) and first_worker not in _worker_pids(proc.pid)
+        _wait_worker(url)
         status, body = _call(url + "/api/auth/register", {
             "email": email, "password": "a long password", "date_of_birth": "1990-01-01"})
         assert status == 202, body

@@ -14,7 +14,8 @@ from PIL import Image
 from server import keys
 from tests.conftest import _asyncpg_dsn
 from tests.support.api import Api, User, verified_user
-from tests.support.flows import balance, history, wait_for_content
+from tests.support.events import history
+from tests.support.flows import balance, wait_for_content
 from tests.support.workers import running_worker
 
 
@@ -43,8 +44,11 @@ def _files_of(data_dir: Path, content_id: str) -> list[Path]:
     return list((data_dir / "files").rglob(f"*{content_id}*"))
 
 
-async def test_image_story_progress_completion_file_and_one_charge(api: Api, worker, settings, app_server) -> None:
+async def test_image_story_progress_completion_file_and_one_charge(api: Api, worker, settings, app_server,
+                                                                   sockets) -> None:
     user = await verified_user(api, settings.data_dir / "outbox")
+    client = sockets()
+    await client.connect(str(app_server.make_url("")).rstrip("/"), token=user.access_token)
     queued = await api.post("/api/content/generate/image", token=user.access_token,
                             json={"prompt": "a lighthouse in a storm", "quality": "hd", "aspect_ratio": "16:9"})
     assert queued.status == 202, queued
@@ -58,19 +62,22 @@ async def test_image_story_progress_completion_file_and_one_charge(api: Api, wor
     assert Image.open(io.BytesIO(await _download(api, done["thumbnail_url"]))).format == "JPEG"
     assert await balance(api, user) == 25 - 8  # charged once, never refunded
 
-    events = await history(app_server.app[keys.resources].publisher, user.id)
+    events = await history(app_server.app[keys.resources], user.id)
     mine = [(name, p) for name, p in events if p.get("content_id") == done["id"]
             or p.get("content", {}).get("id") == done["id"]]
     names = [name for name, _ in mine]
-    assert names[-1] == "generation.completed" and names.count("generation.completed") == 1
-    progress = [p["progress"] for name, p in mine if name == "generation.progress"]
-    assert progress == sorted(progress) and len(progress) >= 3
-    stages = [p["stage"] for name, p in mine if name == "generation.progress"]
-    assert stages[0] == "starting" and "generating" in stages and stages[-1] == "storing"
+    assert names == ["generation.completed"]  # progress ticks are live only, never stored
     completed = mine[-1][1]["content"]
     assert completed["url"] and completed["status"] == "completed"
-    ids = [p["event_id"] for _, p in events]
-    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+    assert [p["event_id"] for _, p in events] == list(range(1, len(events) + 1))
+    # Live: progress ticks in order, then the durable completion.
+    await client.wait_for("generation.completed", 1)
+    live = [p for name, p in client.events if name == "generation.progress" and p["content_id"] == done["id"]]
+    progress = [p["progress"] for p in live]
+    assert progress == sorted(progress) and len(progress) >= 3
+    stages = [p["stage"] for p in live]
+    assert stages[0] == "starting" and "generating" in stages and stages[-1] == "storing"
+    assert all(isinstance(p["event_id"], int) for p in live)
 
     listing = await api.get("/api/content?type=image&status=completed", token=user.access_token)
     assert listing.body["total"] == 1 and listing.body["items"][0]["id"] == done["id"]
@@ -286,7 +293,7 @@ async def test_a_canceled_run_cannot_finish_the_retry_that_replaced_it(api: Api,
         done = await wait_for_content(api, user, queued.body["id"], timeout=30)
         await asyncio.sleep(1.5)  # the canceled run's provider call returns meanwhile
     assert done["status"] == "completed"
-    events = await history(app_server.app[keys.resources].publisher, user.id)
+    events = await history(app_server.app[keys.resources], user.id)
     completed = [p for name, p in events if name == "generation.completed"]
     assert len(completed) == 1
     assert len(_files_of(settings.data_dir, queued.body["id"])) == 2  # one image + thumbnail: the retry's

@@ -9,7 +9,8 @@ from pydantic import SecretStr
 from server import keys
 from tests.conftest import start_app
 from tests.support.api import Api, verified_user
-from tests.support.flows import balance, history, wait_for_content
+from tests.support.events import history
+from tests.support.flows import balance, wait_for_content
 from tests.support.workers import running_worker
 
 
@@ -40,7 +41,7 @@ async def test_permanent_provider_error_fails_and_refunds_once(grok_app, xai) ->
     assert done["attempts"] == 1 and done["url"] is None
     assert len(xai.calls("POST /v1/images/generations")) == 1  # permanent: never retried
     assert await balance(api, user) == 25
-    events = await history(server.app[keys.resources].publisher, user.id)
+    events = await history(server.app[keys.resources], user.id)
     failed = [p for name, p in events if name == "generation.failed"]
     assert len(failed) == 1 and failed[0]["refunded"] == 5 and failed[0]["content_id"] == done["id"]
     assert _spend_refund(events) == [-5, 5]
@@ -54,7 +55,7 @@ async def test_provider_failing_twice_then_succeeding_charges_once(grok_app, xai
     assert done["status"] == "completed", done
     assert len(xai.calls("POST /v1/images/generations")) == 3
     assert await balance(api, user) == 20
-    events = await history(server.app[keys.resources].publisher, user.id)
+    events = await history(server.app[keys.resources], user.id)
     assert _spend_refund(events) == [-5]
 
 
@@ -66,7 +67,7 @@ async def test_transient_errors_past_the_adapter_retries_are_retried_by_the_job(
     assert done["status"] == "completed", done
     assert done["attempts"] == 2
     assert await balance(api, user) == 20
-    assert _spend_refund(await history(server.app[keys.resources].publisher, user.id)) == [-5]
+    assert _spend_refund(await history(server.app[keys.resources], user.id)) == [-5]
 
 
 async def test_failed_video_refunds_once(grok_app, xai) -> None:
@@ -77,7 +78,7 @@ async def test_failed_video_refunds_once(grok_app, xai) -> None:
     done = await wait_for_content(api, user, queued.body["id"], timeout=30)
     assert done["status"] == "failed"
     assert await balance(api, user) == 25
-    events = await history(server.app[keys.resources].publisher, user.id)
+    events = await history(server.app[keys.resources], user.id)
     assert [p["refunded"] for name, p in events if name == "generation.failed"] == [15]
 
 

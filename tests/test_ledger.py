@@ -17,6 +17,7 @@ from server.credits.audit import find_drift
 from server.errors import Conflict, InsufficientCredits, ValidationFailed
 from server.resources import Resources, open_resources
 from tests.conftest import _asyncpg_dsn
+from tests.support.events import history
 
 
 @pytest.fixture
@@ -197,7 +198,7 @@ async def test_each_movement_publishes_one_credits_event(res: Resources, db) -> 
         async with transaction(res.sessionmaker) as session:
             await ledger.grant(session, user_id=user, amount=20, key=f"seed:{user}")
             await ledger.spend(session, user_id=user, amount=5, key=f"use:{user}")
-    events = (await res.publisher.backlog(user, "0-0"))[0]
+    events = await history(res, user)
     credits = [payload for name, payload in events if name == "credits.updated"]
     assert [(c["balance"], c["delta"]) for c in credits] == [(20, 20), (15, -5)]
     activity = [payload["activity"] for name, payload in events if name == "activity"]

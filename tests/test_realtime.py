@@ -16,13 +16,13 @@ from db.models import User
 from db.session import transaction
 from server import keys
 from server.auth.tokens import issue_access_token
-from server.realtime.events import EVENT_TYPES, ActivityPosted, CreditsUpdated
-from server.realtime.manager import event_key
+from server.realtime.events import EVENT_TYPES, ActivityPosted
 from server.realtime.server import realtime_key
 from server.resources import Resources
 from tests.conftest import start_app
 from tests.support.api import Api
 from tests.support.api import User as ApiUser
+from tests.support.events import credits_event, emit_events
 from tests.support.processes import ServerProcess, publish_from_other_process
 from tests.support.sockets import SocketClient
 
@@ -35,13 +35,10 @@ def resources_of(server: TestServer) -> Resources:
     return server.app[keys.resources]
 
 
-def credits_event(n: int) -> CreditsUpdated:
-    return CreditsUpdated(balance=n, delta=1, reason=f"test #{n}", transaction_id=uuid.uuid4())
-
-
-async def publish(server: TestServer, user_id: str, count: int, start: int = 0) -> list[str]:
-    publisher = resources_of(server).publisher
-    return [await publisher.publish(user_id, credits_event(start + n)) for n in range(count)]
+async def publish(server: TestServer, user_id: str, count: int, start: int = 0) -> list[int]:
+    """Commit `count` credits.updated events, one transaction each, as services do."""
+    res = resources_of(server)
+    return [(await emit_events(res, user_id, [credits_event(start + n)]))[0] for n in range(count)]
 
 
 async def connected(make, server_url: str, user: ApiUser, **kw) -> SocketClient:
@@ -156,7 +153,7 @@ async def test_a_user_never_receives_another_users_events(app_server, api, socke
 async def test_existing_call_sites_publish_through_the_stream(app_server, api, sockets) -> None:
     """Registration grants signup credits: credits.updated and activity are in the history."""
     user = await api.register()
-    client = await connected(sockets, url_of(app_server), user, last_event_id="0-0")
+    client = await connected(sockets, url_of(app_server), user, last_event_id=0)
     credits = await client.wait_for("credits.updated", 1)
     assert credits[0]["balance"] == credits[0]["delta"] > 0
     activity = await client.wait_for("activity", 1)
@@ -223,7 +220,7 @@ async def test_replay_on_connect_has_no_gap_or_duplicate_while_events_keep_comin
         app_server, api, sockets) -> None:
     user = await api.register()
     [start] = await publish(app_server, user.id, 1)
-    published: list[str] = []
+    published: list[int] = []
 
     async def keep_publishing() -> None:
         for n in range(60):
@@ -251,7 +248,7 @@ async def test_events_replay_answers_through_the_ack_and_live_events_follow(
     assert [(e["event"], e["data"]["event_id"]) for e in reply["data"]["events"]] == \
         [("credits.updated", i) for i in ids[2:]]
 
-    published: list[str] = []
+    published: list[int] = []
 
     async def keep_publishing() -> None:
         for n in range(40):
@@ -269,7 +266,7 @@ async def test_events_replay_answers_through_the_ack_and_live_events_follow(
     live_before_ack = [p["event_id"] for _, p in client.events[before:after_ack]]
     live_after_ack = [p["event_id"] for _, p in client.events[after_ack:]]
     # Everything after the requested id arrives, in order; nothing after the ack repeats it.
-    assert sorted(set(acked + live_after_ack), key=event_key) == published
+    assert sorted(set(acked + live_after_ack)) == published
     assert acked + live_after_ack == published
     assert set(live_before_ack) <= set(acked)
 
@@ -291,54 +288,51 @@ async def test_ping_answers_ok(app_server, api, sockets) -> None:
     assert reply["ok"] is True and reply["data"]["pong"] is True
 
 
-# --- history ------------------------------------------------------------------------------
+# --- history ---------------------------------------------------------------------------
 
-async def test_history_keeps_the_last_1000_events_when_older_ones_are_past_24_hours(
-        app_server) -> None:
-    user_id = str(uuid.uuid4())
-    publisher = resources_of(app_server).publisher
-    key = publisher.stream_key(user_id)
-    redis = resources_of(app_server).redis
-    old_ms = int(datetime.now(UTC).timestamp() * 1000) - 2 * 86400 * 1000
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in range(1200):
-            pipe.xadd(key, {"e": "credits.updated", "d": "{}"}, id=f"{old_ms + n}-0")
-        await pipe.execute()
-    new_ids = await publish(app_server, user_id, 101)
-    length = await redis.xlen(key)
-    assert 1000 <= length <= 1100
-    newest = [raw.decode() for raw, _ in await redis.xrevrange(key, count=1000)]
-    assert newest[:101] == list(reversed(new_ids))
-
-
-async def test_history_keeps_everything_from_the_last_24_hours_past_1000(app_server) -> None:
-    user_id = str(uuid.uuid4())
-    publisher = resources_of(app_server).publisher
-    key = publisher.stream_key(user_id)
-    redis = resources_of(app_server).redis
-    recent_ms = int(datetime.now(UTC).timestamp() * 1000) - 3600 * 1000
-    async with redis.pipeline(transaction=False) as pipe:
-        for n in range(1400):
-            pipe.xadd(key, {"e": "credits.updated", "d": "{}"}, id=f"{recent_ms + n}-0")
-        await pipe.execute()
-    await publish(app_server, user_id, 101)
-    assert await redis.xlen(key) == 1501
-
-
-async def test_event_ids_are_monotonic_and_payloads_json_safe(app_server, api, sockets) -> None:
+async def test_event_ids_are_gapless_integers_and_payloads_json_safe(app_server, api, sockets) -> None:
     user = await api.register()
-    client = await connected(sockets, url_of(app_server), user)
-    publisher = resources_of(app_server).publisher
+    client = await connected(sockets, url_of(app_server), user, last_event_id=0)
     stamp = datetime(2026, 11, 26, 6, 0, tzinfo=UTC)
     ids = []
     for n in range(20):
-        ids.append(await publisher.publish(user.id, ActivityPosted(activity={
+        ids += await emit_events(resources_of(app_server), user.id, [ActivityPosted(activity={
             "id": uuid.uuid4(), "type": "test", "message": f"#{n}", "data": {"at": stamp},
-            "created_at": stamp})))
-    assert ids == sorted(ids, key=event_key) and len(set(ids)) == 20
+            "created_at": stamp})])
+    assert ids == list(range(ids[0], ids[0] + 20))
     received = await client.wait_for("activity", 20)
-    assert received[0]["activity"]["created_at"] == "2026-11-26T06:00:00Z"
-    assert isinstance(received[0]["activity"]["id"], str)
+    while not any(e["event_id"] == ids[-1] for e in received):
+        received = await client.wait_for("activity", len(received) + 1)
+    # Everything since the account was opened (signup events first), each once, in order.
+    assert [p["event_id"] for _, p in client.events] == list(range(1, ids[-1] + 1))
+    ours = [e for e in received if e["activity"]["type"] == "test"]
+    assert [e["event_id"] for e in ours] == ids
+    assert ours[0]["activity"]["created_at"] == "2026-11-26T06:00:00Z"
+    assert isinstance(ours[0]["activity"]["id"], str)
+
+
+async def test_history_keeps_30_days_or_the_last_10000_events(app_server, api) -> None:
+    from sqlalchemy import text
+
+    from server.realtime import outbox
+
+    old, recent = await api.register(), await api.register()
+    res = resources_of(app_server)
+    async with transaction(res.sessionmaker) as session:
+        for user, count, age in ((old, 10_100, 40), (recent, 10_100, 1)):
+            await session.execute(text("""
+                WITH bump AS (UPDATE user_credits SET event_seq = event_seq + :n WHERE user_id = :u
+                              RETURNING event_seq)
+                INSERT INTO user_events (user_id, seq, name, payload, created_at)
+                SELECT :u, bump.event_seq - :n + g, 'activity', '{}'::jsonb, now() - make_interval(days => CAST(:age AS integer))
+                FROM bump, generate_series(1, :n) g"""), {"u": uuid.UUID(user.id), "n": count, "age": age})
+        await outbox.prune(session)
+    async with res.reader.acquire() as reader:
+        old_latest, old_events = await outbox.replay(reader, user_id=old.id, after=0)
+        recent_latest, recent_events = await outbox.replay(reader, user_id=recent.id, after=0)
+    # The signup's own (recent) events stay; of the 40-day-old ones only the newest 10,000 do.
+    assert [seq for seq, _, _ in old_events] == [1, 2, 3] + list(range(old_latest - 9_999, old_latest + 1))
+    assert len(recent_events) == recent_latest  # nothing of the last 30 days is dropped
 
 
 def test_there_is_one_event_model_per_api_event() -> None:

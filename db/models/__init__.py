@@ -5,11 +5,13 @@ from db.models.avatars import Avatar
 from db.models.billing import StripeEvent, SubscriptionPlan, UserSubscription
 from db.models.content import GeneratedContent
 from db.models.credits import CreditTransaction, UserCredits
+from db.models.events import UserEvent
+from db.models.idempotency import IdempotencyKey
 from db.models.usage import AvatarUsageHour, UsageBucket
 from db.models.users import AuthToken, RefreshToken, User
 
 __all__ = [
     "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "CreditTransaction", "GeneratedContent",
-    "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket", "User", "UserCredits",
-    "UserSubscription",
+    "IdempotencyKey", "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket", "User",
+    "UserCredits", "UserEvent", "UserSubscription",
 ]

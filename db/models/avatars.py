@@ -28,6 +28,8 @@ class Avatar(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="creating")
     error: Mapped[str | None] = mapped_column(Text)
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
+    # A paid thumbnail regeneration not yet made (the sweep re-queues it if its job is lost).
+    regeneration_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = created_at()
     updated_at: Mapped[datetime] = updated_at()
 

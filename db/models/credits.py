@@ -3,7 +3,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -21,6 +21,8 @@ class UserCredits(Base):
     balance: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     lifetime_granted: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
     lifetime_spent: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    # The user's last durable event id (server/realtime/outbox.py); this row is the user's lock.
+    event_seq: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0, server_default="0")
     updated_at: Mapped[datetime] = updated_at()
 
     __table_args__ = (

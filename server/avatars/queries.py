@@ -112,7 +112,8 @@ async def avatar_page(
 
 
 async def count_avatars(session: AsyncSession, *, user_id: uuid.UUID) -> int:
-    stmt = select(func.count()).select_from(Avatar).where(Avatar.user_id == user_id)
+    # A failed avatar holds no slot: it can only be deleted.
+    stmt = select(func.count()).select_from(Avatar).where(Avatar.user_id == user_id, Avatar.status != "failed")
     return (await session.execute(stmt)).scalar_one()
 
 

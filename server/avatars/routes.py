@@ -39,7 +39,7 @@ async def list_avatars(request: web.Request, reader: asyncpg.Connection, user: C
 
 
 @routes.post("/api/avatars", body=AvatarCreateIn, response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 422))
+             errors=(402, 403, 422), idempotent=True)
 async def create_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
                         body: AvatarCreateIn) -> dict:
     """Create an avatar (10 credits); its profile and thumbnail are made by a job."""
@@ -82,11 +82,12 @@ async def delete_avatar(request: web.Request, session: AsyncSession, user: Curre
 
 
 @routes.post(AVATAR + "/regenerate-thumbnail", response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 404, 409))
-async def regenerate_thumbnail(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+             errors=(402, 403, 404, 409), idempotent=True)
+async def regenerate_thumbnail(request: web.Request, session: AsyncSession, user: CurrentUser,
+                               idempotency_key: str | None) -> dict:
     """Make a new thumbnail (5 credits); an Idempotency-Key header makes retries safe."""
     res = request.app[keys.resources]
     return await service.regenerate_thumbnail(
         session, user=user, avatar_id=_avatar_id(request), storage=res.storage, queue=res.queue,
-        idempotency_key=request.headers.get("Idempotency-Key") or None,
+        idempotency_key=idempotency_key,
     )

@@ -23,11 +23,12 @@ from server.avatars import queries
 from server.avatars.schemas import AvatarCreateIn, AvatarUpdateIn
 from server.billing.queries import subscription_and_plan
 from server.credits import ledger
+from server.credits.account import lock_account
 from server.credits.costs import cost_of
 from server.errors import AvatarLimitReached, Conflict, NotFound
 from server.queueing import enqueue
+from server.realtime import outbox
 from server.realtime.events import AvatarUpdated
-from server.realtime.publisher import notify
 
 log = logging.getLogger(__name__)
 MAKE_AVATAR_JOB = "make_avatar"
@@ -63,12 +64,6 @@ async def avatar_limit(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str
     return {"used": used, "limit": limit, "remaining": max(0, limit - used), "plan_id": plan["id"]}
 
 
-async def _lock_avatar_slots(session: AsyncSession, user_id: uuid.UUID) -> None:
-    # Two concurrent creates of one user must not both see a free slot.
-    await session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                          {"k": f"avatars:{user_id}"})
-
-
 async def get_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
                      storage: Storage) -> dict[str, Any]:
     """One of the user's avatars; NotFound for anyone else's."""
@@ -98,7 +93,7 @@ async def create_avatar(session: AsyncSession, *, user: CurrentUser, data: Avata
     """Insert the avatar (creating) and charge for it in one transaction; the job does the rest."""
     user.require_verified()
     moderation.screen(user_id=user.id, context="avatar", fields=data.model_dump(include=set(_SCREENED)))
-    await _lock_avatar_slots(session, user.id)
+    await lock_account(session, user_id=user.id)  # also: two creates never see one free slot
     limits = await avatar_limit(session, user_id=user.id)
     if limits["remaining"] <= 0:
         raise AvatarLimitReached(
@@ -129,6 +124,7 @@ async def update_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id:
                       fields={k: v for k, v in changes.items() if k in _SCREENED})
     if "appearance" in changes and changes["appearance"] is None:
         changes["appearance"] = {}
+    await lock_account(session, user_id=user_id)
     updated = (await session.execute(
         update(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
         .values(**changes).returning(Avatar.id)
@@ -136,15 +132,16 @@ async def update_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id:
     if updated is None:
         raise NotFound("Avatar not found")
     avatar = await get_avatar(session, user_id=user_id, avatar_id=avatar_id, storage=storage)
-    notify(session, user_id, AvatarUpdated(avatar=avatar))
+    outbox.emit(session, user_id, AvatarUpdated(avatar=avatar))
     return avatar
 
 
 async def delete_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
                         storage: Storage) -> None:
     """Delete the avatar (its content keeps avatar_id null) and, after commit, its files."""
+    await lock_account(session, user_id=user_id)
     row = (await session.execute(
-        select(Avatar.status, Avatar.name).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+        select(Avatar.status, Avatar.name, Avatar.regeneration_id).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
         .with_for_update()
     )).one_or_none()
     if row is None:
@@ -153,6 +150,10 @@ async def delete_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id:
     if row.status == "creating":  # never delivered: give the creation charge back
         await ledger.refund(session, user_id=user_id, charge_key=charge_key(avatar_id),
                             key=refund_key(avatar_id), reason=f"Avatar {row.name} deleted before it was ready")
+    if row.regeneration_id is not None:  # a paid thumbnail that will never be made
+        await ledger.refund(session, user_id=user_id, charge_key=charge_key(avatar_id, row.regeneration_id),
+                            key=refund_key(avatar_id, row.regeneration_id),
+                            reason=f"Avatar {row.name} deleted before its new thumbnail was made")
     await activity.record(session, user_id=user_id, type="avatar.deleted",
                           message=f"Avatar {row.name} deleted", data={"avatar_id": str(avatar_id)})
     key = avatar_thumbnail_key(user_id, avatar_id)
@@ -171,21 +172,26 @@ async def regenerate_thumbnail(session: AsyncSession, *, user: CurrentUser, avat
                                idempotency_key: str | None = None) -> dict[str, Any]:
     """Charge for a new thumbnail of a ready avatar and queue it."""
     user.require_verified()
+    await lock_account(session, user_id=user.id)
     row = (await session.execute(
-        select(Avatar.status, Avatar.name).where(Avatar.id == avatar_id, Avatar.user_id == user.id)
-        .with_for_update()
+        select(Avatar.status, Avatar.name, Avatar.regeneration_id)
+        .where(Avatar.id == avatar_id, Avatar.user_id == user.id).with_for_update()
     )).one_or_none()
     if row is None:
         raise NotFound("Avatar not found")
-    if row.status != "ready":
-        raise Conflict(f"Only a ready avatar gets a new thumbnail; this one is {row.status}")
     regeneration_id = (uuid.uuid5(avatar_id, f"{user.id}:{idempotency_key}") if idempotency_key
                        else uuid.uuid4())
-    charge = await ledger.spend(session, user_id=user.id, amount=cost_of("avatar_thumbnail"),
-                                key=charge_key(avatar_id, regeneration_id),
-                                reason=f"New thumbnail for {row.name}", reference_id=str(avatar_id))
-    if charge.created:
-        after_commit(session, lambda: enqueue_make(queue, avatar_id=avatar_id, regeneration_id=regeneration_id))
+    if row.regeneration_id is not None and row.regeneration_id != regeneration_id:
+        raise Conflict("A new thumbnail for this avatar is already being made")
+    if row.status != "ready":
+        raise Conflict(f"Only a ready avatar gets a new thumbnail; this one is {row.status}")
+    await ledger.spend(session, user_id=user.id, amount=cost_of("avatar_thumbnail"),
+                       key=charge_key(avatar_id, regeneration_id),
+                       reason=f"New thumbnail for {row.name}", reference_id=str(avatar_id))
+    await session.execute(update(Avatar).where(Avatar.id == avatar_id).values(regeneration_id=regeneration_id))
+    # Queued again even when the charge was made before (a retry of the same request): a
+    # job already queued keeps its id and arq drops the copy.
+    after_commit(session, lambda: enqueue_make(queue, avatar_id=avatar_id, regeneration_id=regeneration_id))
     return await get_avatar(session, user_id=user.id, avatar_id=avatar_id, storage=storage)
 
 
@@ -200,19 +206,24 @@ async def save_profile(session: AsyncSession, *, avatar_id: uuid.UUID, profile: 
 
 async def _publish(session: AsyncSession, *, row: Mapping[str, Any], storage: Storage) -> dict[str, Any]:
     avatar = await queries.avatar_object(row, storage=storage)
-    notify(session, row["user_id"], AvatarUpdated(avatar=avatar))
+    outbox.emit(session, row["user_id"], AvatarUpdated(avatar=avatar))
     return avatar
 
 
 async def mark_ready(session: AsyncSession, *, avatar_id: uuid.UUID, thumbnail_key: str,
                      regeneration_id: uuid.UUID | None, storage: Storage) -> str:
     """Record the stored thumbnail; 'updated', 'settled' (a rerun) or 'gone' (deleted)."""
+    owner = (await session.execute(select(Avatar.user_id).where(Avatar.id == avatar_id))).scalar_one_or_none()
+    if owner is None:
+        return "gone"
+    await lock_account(session, user_id=owner)
     stmt = update(Avatar).where(Avatar.id == avatar_id)
     if regeneration_id is None:
         stmt = stmt.where(Avatar.status == "creating").values(status="ready", error=None,
                                                               thumbnail_key=thumbnail_key)
     else:
-        stmt = stmt.where(Avatar.status == "ready").values(thumbnail_key=thumbnail_key)
+        stmt = stmt.where(Avatar.status == "ready", Avatar.regeneration_id == regeneration_id).values(
+            thumbnail_key=thumbnail_key, regeneration_id=None)
     hit = (await session.execute(stmt.returning(Avatar.id))).scalar_one_or_none()
     row = await queries.avatar_row_by_id(session, avatar_id)
     if row is None:
@@ -236,6 +247,10 @@ async def mark_failed(session: AsyncSession, *, avatar_id: uuid.UUID, regenerati
     )).scalar_one_or_none()
     if owner is None:
         return False
+    await lock_account(session, user_id=owner)
+    if regeneration_id is not None:
+        await session.execute(update(Avatar).where(Avatar.id == avatar_id, Avatar.regeneration_id == regeneration_id)
+                              .values(regeneration_id=None))
     if regeneration_id is None:
         hit = (await session.execute(
             update(Avatar).where(Avatar.id == avatar_id, Avatar.status == "creating")
@@ -264,11 +279,13 @@ async def regeneration_refunded(session: AsyncSession, *, avatar_id: uuid.UUID, 
     return found.first() is not None
 
 
-async def stuck_avatars(session: AsyncSession, *, older_than_seconds: int) -> list[uuid.UUID]:
-    """Avatars still creating long after they were asked for (their job may be lost)."""
+async def stuck_avatars(session: AsyncSession, *, older_than_seconds: int
+                        ) -> list[tuple[uuid.UUID, uuid.UUID | None]]:
+    """(avatar, regeneration) still being made long after they were asked for (a job may be lost)."""
     rows = await session.execute(
-        select(Avatar.id).where(Avatar.status == "creating",
-                                Avatar.updated_at < text(f"now() - interval '{int(older_than_seconds)} seconds'"))
+        select(Avatar.id, Avatar.regeneration_id)
+        .where((Avatar.status == "creating") | Avatar.regeneration_id.is_not(None),
+               Avatar.updated_at < text(f"now() - interval '{int(older_than_seconds)} seconds'"))
         .order_by(Avatar.updated_at).limit(100)
     )
-    return list(rows.scalars())
+    return [(row.id, row.regeneration_id) for row in rows]

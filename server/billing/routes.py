@@ -45,7 +45,7 @@ async def get_subscription(session: AsyncSession, user: CurrentUser) -> dict:
 
 
 @routes.post("/api/subscriptions", body=PlanChoiceIn, response=CreatedOut, status=201,
-             errors=(409, 503))
+             errors=(409, 503), idempotent=True)
 async def subscribe(request: web.Request, session: AsyncSession, user: CurrentUser,
                     body: PlanChoiceIn) -> dict:
     """Subscribe to a paid plan; confirm the first payment with client_secret when given."""
@@ -61,7 +61,7 @@ async def history(session: AsyncSession, user: CurrentUser, query: PageQuery) ->
 
 
 @routes.post("/api/subscriptions/payment-intent", body=PackChoiceIn, response=PaymentIntentOut,
-             status=201, errors=(503,))
+             status=201, errors=(503,), idempotent=True)
 async def payment_intent(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: PackChoiceIn) -> dict:
     """Buy a credit pack; credits are added when the payment succeeds."""

@@ -24,8 +24,8 @@ from server import activity
 from server.adapters.billing.base import InvoiceFact, PackPayment, SubscriptionState
 from server.billing.queries import SUBSCRIPTION_COLUMNS, billing_plan, subscription_and_plan
 from server.credits import ledger
+from server.realtime import outbox
 from server.realtime.events import SubscriptionUpdated
-from server.realtime.publisher import notify
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ async def announce(
     """Tell the user: an activity row and a subscription.updated event with the plan now in force."""
     user_id = row["user_id"]
     _, plan_now = await subscription_and_plan(session, user_id=user_id)
-    notify(session, user_id, SubscriptionUpdated(subscription=public_subscription(row), plan=plan_now))
+    outbox.emit(session, user_id, SubscriptionUpdated(subscription=public_subscription(row), plan=plan_now))
     await activity.record(session, user_id=user_id, type=type, message=message, data={
         "subscription_id": str(row["id"]), "plan_id": row["plan_id"], "status": row["status"],
     })

@@ -18,11 +18,12 @@ from server.auth.current_user import CurrentUser
 from server.content.queries import COLUMNS, UNFINISHED, render
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.credits import ledger
+from server.credits.account import lock_account
 from server.credits.costs import cost_of
 from server.errors import Conflict, NotFound
 from server.queueing import enqueue
+from server.realtime import outbox
 from server.realtime.events import GenerationProgress
-from server.realtime.publisher import notify
 
 JOB_FOR_KIND = {"image": "generate_image", "video": "generate_video"}
 
@@ -82,6 +83,7 @@ async def create_generation(
         if request.source_content_id is not None:
             await _own_completed_image(session, user_id=user.id, content_id=request.source_content_id)
             params["source_content_id"] = str(request.source_content_id)
+    await lock_account(session, user_id=user.id)
     content_id = uuid.uuid4()
     cost = cost_of(kind, request.quality)
     key = charge_key(content_id, 0)
@@ -105,6 +107,7 @@ async def create_generation(
 
 
 async def _lock(session: AsyncSession, *, user_id: uuid.UUID, content_id: uuid.UUID) -> Any:
+    await lock_account(session, user_id=user_id)  # the lock order: the account row first
     row = (
         await session.execute(
             select(*COLUMNS, C.charge_key).where(C.id == content_id, C.user_id == user_id).with_for_update()
@@ -145,8 +148,8 @@ async def cancel(
     await activity.record(session, user_id=user_id, type="content.canceled",
                           message=f"{row['type'].capitalize()} generation canceled",
                           data={"content_id": str(content_id), "refunded": refunded})
-    notify(session, user_id, GenerationProgress(content_id=content_id, status="canceled",
-                                                progress=updated["progress"], stage="canceled"))
+    outbox.emit_ephemeral(session, user_id, GenerationProgress(
+        content_id=content_id, status="canceled", progress=updated["progress"], stage="canceled"))
     return await render(updated, storage)
 
 

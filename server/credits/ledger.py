@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from server.errors import Conflict, InsufficientCredits, ValidationFailed
+from server.realtime import outbox
 from server.realtime.events import ActivityPosted, CreditsUpdated
-from server.realtime.publisher import notify
 
 _COLUMNS = "id, user_id, amount, balance_after, type, reason, reference_id, idempotency_key, refund_of, created_at"
 
@@ -149,10 +149,10 @@ async def _move(
     entry = _entry(row, created=True)
     if row.moved_balance != entry.balance_after:  # cannot happen while the row lock holds
         raise RuntimeError(f"ledger moved to {row.moved_balance}, row says {entry.balance_after}")
-    notify(session, user_id, CreditsUpdated(
+    outbox.emit(session, user_id, CreditsUpdated(
         balance=entry.balance_after, delta=entry.amount, reason=reason, transaction_id=entry.id,
     ))
-    notify(session, user_id, ActivityPosted(activity={
+    outbox.emit(session, user_id, ActivityPosted(activity={
         "id": row.activity_id, "type": row.activity_type, "message": row.activity_message,
         "data": row.activity_data, "created_at": row.activity_created_at,
     }))

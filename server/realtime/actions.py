@@ -14,16 +14,18 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import idempotency
 from server.auth.current_user import CurrentUser
 from server.content import service as content_service
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.errors import ValidationFailed
 from server.json_io import ensure_bounded, parse
+from server.realtime import outbox
 
 if TYPE_CHECKING:
     from server.realtime.server import Realtime
@@ -64,7 +66,7 @@ def action(name: str, *, body: type[BaseModel] | None = None,
 
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    last_event_id: str
+    last_event_id: Annotated[int, BeforeValidator(outbox.parse_event_id)]
 
 
 @action("ping", transaction=False)
@@ -87,17 +89,32 @@ class CancelIn(BaseModel):
 
 @action("content.generate")
 async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
-    """Queue a generation: {kind: image|video, ...the REST body}; answers the queued content."""
+    """Queue a generation: {kind: image|video, request_id?, ...the REST body}; answers the queued
+    content (the first answer again for a request_id seen before, as REST's Idempotency-Key)."""
     ensure_bounded(body)
     if not isinstance(body, dict) or body.get("kind") not in ("image", "video"):
         raise ValidationFailed("kind must be image or video",
                                details=[{"field": "kind", "message": "must be image or video"}])
-    fields = {k: v for k, v in body.items() if k != "kind"}
-    request = parse(GenerateVideoIn if body["kind"] == "video" else GenerateImageIn, fields)
+    kind = body["kind"]
+    fields = {k: v for k, v in body.items() if k not in ("kind", "request_id")}
+    request = parse(GenerateVideoIn if kind == "video" else GenerateImageIn, fields)
+    key = body.get("request_id")
+    if key is not None:
+        key = idempotency.valid_key(key, field="request_id")
     res = ctx.resources
     await res.rate_limiter.hit("generation", f"user:{ctx.user.id}")
-    return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
-                                                   queue=res.queue, storage=res.storage)
+
+    async def work() -> dict[str, Any]:
+        return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
+                                                       queue=res.queue, storage=res.storage)
+
+    if key is None:
+        return await work()
+    # The REST route's operation and status: a REST retry and a socket retry of one key agree.
+    outcome = await idempotency.run(
+        ctx.session, user_id=ctx.user.id, key=key, status=202, work=work,
+        fingerprint=idempotency.fingerprint(f"POST /api/content/generate/{kind}", request))
+    return idempotency.result(outcome)
 
 
 @action("content.cancel", body=CancelIn)

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from socketio.exceptions import ConnectionRefusedError as Refused
 
-from db.session import transaction
+from db.session import run_in_transaction
 from server import keys
 from server.auth import revoked_sessions
 from server.auth.current_user import load_user
@@ -27,16 +27,24 @@ from server.errors import (
     Unauthorized,
 )
 from server.json_io import parse
+from server.realtime import outbox
 from server.realtime.actions import ACTIONS, Action, ActionContext
 from server.realtime.connections import Connection
-from server.realtime.manager import UserRoomManager, event_key
-from server.realtime.publisher import EVENT_ID, user_room
+from server.realtime.feeds import Feeds
+from server.realtime.manager import UserRoomManager
+from server.realtime.publisher import user_room
 from server.realtime.revocations import listen_for_revocations
 from server.realtime.socket_server import RealtimeServer, after_reply
 from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
+_BEHIND = """
+SELECT c.user_id::text AS user_id, c.event_seq FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seen)
+JOIN user_credits c ON c.user_id = u.id WHERE c.event_seq > u.seen
+"""
+
+
 
 
 class Realtime:
@@ -59,6 +67,9 @@ class Realtime:
             engineio_logger=False,
         )
         self.connections: dict[str, Connection] = {}
+        self.feeds = Feeds(fetch=self._fetch, deliver=self.manager.deliver, behind=self._behind)
+        self.manager.feeds = self.feeds
+        self.manager.on_resubscribed = self.catch_up
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         for act in ACTIONS.values():
@@ -88,53 +99,83 @@ class Realtime:
         except Exception:
             log.exception("socket authentication failed")
             raise Refused("service_unavailable") from None
-        last_event_id = auth.get("last_event_id") or None
-        if last_event_id is not None and (
-                not isinstance(last_event_id, str) or not EVENT_ID.match(last_event_id)):
+        try:
+            last_event_id = outbox.parse_event_id(auth.get("last_event_id"))
+        except ValueError:
             raise Refused("validation_error", {
-                "error": "validation_error", "message": "last_event_id is not an event id",
-                "details": [{"field": "last_event_id", "message": "invalid event id"}]})
+                "error": "validation_error", "message": "last_event_id must be a non-negative integer",
+                "details": [{"field": "last_event_id", "message": "invalid event id"}]}) from None
         self.connections[sid] = Connection(user, expires_at=claims.expires_at)
         self.app[keys.metrics].socket_connections.inc()
-        if last_event_id is not None:
-            self.manager.hold(sid)
-            after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
+        # Live events are held until the user's newest event_id is read (after joining, so
+        # nothing falls between): the history below it is replayed, or not wanted.
+        self.manager.hold(sid)
+        self.feeds.join(str(user.id))
+        after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
         await self.sio.enter_room(sid, user_room(user.id))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        if self.connections.pop(sid, None) is not None:
+        conn = self.connections.pop(sid, None)
+        if conn is not None:
             self.app[keys.metrics].socket_connections.dec()
+            self.feeds.leave(str(conn.user.id))
         self.manager.forget(sid)
 
     # replay
 
-    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: str) -> None:
+    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: int | None) -> None:
         floor = None
         try:
-            events, floor = await self.app[keys.resources].publisher.backlog(user_id, last_event_id)
-            for name, payload in events:
+            async with self.app[keys.resources].reader.acquire() as reader:
+                latest, events = await outbox.replay(
+                    reader, user_id=user_id, after=outbox.NEWEST if last_event_id is None else last_event_id)
+            await self.feeds.known(str(user_id), latest)
+            floor = latest
+            for _, name, payload in events:
                 await self.sio.emit(name, payload, to=sid, ignore_queue=True)
         except Exception:
             log.exception("replay on connect failed")
         finally:
             await self._release(sid, floor)
 
-    async def replay_through_ack(self, sid: str, user_id: Any, last_event_id: str) -> list[Any]:
+    async def replay_through_ack(self, sid: str, user_id: Any, last_event_id: int) -> list[Any]:
         """The backlog for an `events.replay` ack; held live events follow the ack."""
         self.manager.hold(sid)
         floor = None
         try:
-            events, floor = await self.app[keys.resources].publisher.backlog(user_id, last_event_id)
+            async with self.app[keys.resources].reader.acquire() as reader:
+                floor, events = await outbox.replay(reader, user_id=user_id, after=last_event_id)
         finally:
             after_reply(lambda: self._release(sid, floor))
-        return events
+        return [(name, payload) for _, name, payload in events]
 
-    async def _release(self, sid: str, floor: str | None) -> None:
-        key = event_key(floor) if floor else None
-        while batch := self.manager.release(sid, key):
-            key = None
+    async def _release(self, sid: str, floor: int | None) -> None:
+        while batch := self.manager.release(sid, floor):
+            floor = None
             for name, payload in batch:
                 await self.sio.emit(name, payload, to=sid, ignore_queue=True)
+
+    # the outbox side of the feeds
+
+    async def _fetch(self, user: str, after: int, upto: int | None) -> tuple[int, list[Any]]:
+        async with self.app[keys.resources].reader.acquire() as reader:
+            return await outbox.read_since(reader, user_id=user, after=after, upto=upto)
+
+    async def _behind(self, seen: dict[str, int]) -> dict[str, int]:
+        async with self.app[keys.resources].reader.acquire() as reader:
+            rows = await reader.fetch(_BEHIND, list(seen), list(seen.values()))
+        return {row["user_id"]: row["event_seq"] for row in rows}
+
+    async def catch_up(self) -> None:
+        try:
+            await self.feeds.catch_up()
+        except Exception as exc:
+            log.warning("event catch-up failed: %r", exc)
+
+    async def _catch_up_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.realtime_catch_up_seconds)
+            await self.catch_up()
 
     # client -> server actions
 
@@ -162,8 +203,8 @@ class Realtime:
                 async with resources.reader.acquire() as reader:
                     user = await load_user(reader, user_id=conn.user.id,
                                            token_version=conn.user.token_version)
-                async with transaction(resources.sessionmaker) as session:
-                    result = await act.handler(ActionContext(sid, user, resources, session, self), body)
+                result = await run_in_transaction(resources.sessionmaker, lambda session: act.handler(
+                    ActionContext(sid, user, resources, session, self), body))
             else:
                 result = await act.handler(ActionContext(sid, conn.user, resources, None, self), body)
         except DomainError as exc:
@@ -236,9 +277,12 @@ class Realtime:
             on_session_revoked=self.close_revoked_session, subscribed=subscribed))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 5)
+        catching_up = asyncio.create_task(self._catch_up_forever())
         yield
-        listener.cancel()
-        await asyncio.gather(listener, return_exceptions=True)
+        for task in (listener, catching_up):
+            task.cancel()
+        await asyncio.gather(listener, catching_up, return_exceptions=True)
+        await self.feeds.close()
         await self.sio.shutdown()
         thread = getattr(self.manager, "thread", None)
         if thread is not None:

@@ -28,8 +28,3 @@ async def balance(api: Api, user: User) -> int:
     reply = await api.get("/api/auth/profile", token=user.access_token)
     assert reply.status == 200, reply
     return reply.body["credits"]["balance"]
-
-
-async def history(publisher, user_id: str) -> list[tuple[str, dict[str, Any]]]:
-    """Every event recorded for the user, oldest first."""
-    return (await publisher.backlog(user_id, "0-0"))[0]

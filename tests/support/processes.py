@@ -74,11 +74,44 @@ class ServerProcess:
                 self.proc.kill()
 
 
-async def publish_from_other_process(settings: Settings, user_id: str, count: int) -> list[str]:
-    """Publish `count` credits.updated events from a separate Python process, as a worker would."""
+async def publish_from_other_process(settings: Settings, user_id: str, count: int) -> list[int]:
+    """Commit `count` credits.updated events from a separate Python process, as a worker would."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("publish_events.py")), user_id, str(count),
         env=settings_env(settings), stdout=asyncio.subprocess.PIPE, cwd=tempfile.gettempdir())
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, out
-    return out.decode().split()
+    return [int(x) for x in out.decode().split()]
+
+
+class WorkerProcess:
+    """`python -m server.cli worker`, stopped (SIGTERM, then SIGKILL) on exit if still running."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        self.env = settings_env(settings, **overrides)
+        self.cwd = tempfile.mkdtemp(prefix="lustify-worker-")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env,
+                                     cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    async def __aenter__(self) -> WorkerProcess:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                await asyncio.to_thread(self.proc.wait, 20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
