@@ -190,6 +190,14 @@ async def test_jwt_attacks_are_refused(api: Api, settings) -> None:
         assert reply.status == 401, name
         expected = "token_expired" if name == "expired" else "unauthorized"
         assert reply.body["error"] == expected, name
+    # Bytes that are not UTF-8 in the header (found by schemathesis: was a 500).
+    host, port = api.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /api/auth/profile HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xf0\xdc\r\n"
+                 b"Connection: close\r\n\r\n")
+    status_line = (await reader.read()).split(b"\r\n", 1)[0]
+    writer.close()
+    assert status_line == b"HTTP/1.1 401 Unauthorized", status_line
     missing = await api.get("/api/auth/profile")
     assert missing.status == 401 and missing.body["error"] == "unauthorized"
     assert (await api.get("/api/auth/profile", token=jwt.encode(good, secret, algorithm="HS256"))).status == 200

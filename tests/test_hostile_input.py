@@ -230,17 +230,30 @@ async def test_logout_ends_that_sessions_access_tokens_and_sockets_at_once(api: 
     assert not theirs.disconnected.is_set()
 
 
-async def test_revocation_check_fails_closed_without_redis(settings, tmp_path) -> None:
+async def test_without_redis_signed_out_sessions_stay_out_and_others_go_on(settings, tmp_path) -> None:
     from server.embedded import EmbeddedRedis, free_port
 
     redis = EmbeddedRedis(tmp_path / "redis", port=free_port())
-    server = await start_app(settings.model_copy(update={"redis_url": redis.url}))
+    lenient = settings.model_copy(update={"redis_url": redis.url, "rate_limit_enabled": False})
+    server = await start_app(lenient)
     client = Api(str(server.make_url("")).rstrip("/"))
     try:
         user = await client.register()
+        gone = await client.login(email=user.email, password=user.password)
+        assert (await client.post("/api/auth/logout", token=gone.access_token,
+                                  json={"refresh_token": gone.refresh_token})).status == 204
         redis.stop()
-        reply = await client.get("/api/credits", token=user.access_token)
-        assert reply.status == 503 and reply.body["error"] == "service_unavailable"
+        # The check reads PostgreSQL instead: the signed-out session stays out, others go on.
+        out = await client.get("/api/credits", token=gone.access_token)
+        assert out.status == 401 and out.body["error"] == "token_revoked"
+        assert (await client.get("/api/credits", token=user.access_token)).status == 200
+        # A logout that Redis cannot record fails as a whole (its tokens would live again).
+        refused = await client.post("/api/auth/logout", token=user.access_token,
+                                    json={"refresh_token": user.refresh_token})
+        assert refused.status == 503 and refused.body["error"] == "service_unavailable"
+        assert (await client.get("/api/credits", token=user.access_token)).status == 200
+        assert (await client.post("/api/auth/refresh",
+                                  json={"refresh_token": user.refresh_token})).status == 200
     finally:
         await client.close()
         await server.close()

@@ -64,6 +64,6 @@ async def authenticate(request: web.Request, reader: asyncpg.Connection) -> Curr
     """The user behind the request's access token, if it is valid and not revoked."""
     res = request.app[keys.resources]
     claims = decode_access_token(bearer_token(request), secret=res.settings.jwt_secret.get_secret_value())
-    await revoked_sessions.ensure_live(res.redis, res.settings, session_id=claims.session_id)
+    await revoked_sessions.ensure_live(res.redis, res.settings, reader, session_id=claims.session_id)
     return await load_user(reader, user_id=claims.user_id, token_version=claims.token_version,
                            session_id=claims.session_id)

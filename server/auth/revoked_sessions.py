@@ -1,20 +1,34 @@
 """Signed-out sessions in Redis, kept as long as their access tokens could still be valid.
 
-Checked on every authenticated request and socket connect, without a database read. When
-Redis is down the check fails closed: requests answer 503 rather than let a token that may
-have been signed out through (the rate limits and the job queue need Redis as well).
+Checked on every authenticated request and socket connect without a database read. While
+Redis is unreachable the check reads PostgreSQL instead (logout revokes the session's
+refresh token family there in the same transaction), so a signed-out token stays refused
+and the API stays up, as it does for the rest of what Redis holds. Logout itself needs
+Redis: without it the logout fails (503) rather than leave access tokens that would work
+again once Redis is back.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 
+import asyncpg
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import bindparam, exists, select
 
+from db.models import RefreshToken
+from db.reader import Query
 from server.auth.tokens import LEEWAY
 from server.config import Settings
 from server.errors import TokenRevoked
+
+log = logging.getLogger(__name__)
+_FAMILY_REVOKED = Query(select(exists().where(RefreshToken.family_id == bindparam("family_id"),
+                                              RefreshToken.revoked_at.is_not(None))))
 
 
 def _key(settings: Settings, session_id: uuid.UUID | str) -> str:
@@ -30,7 +44,13 @@ async def revoke(redis: Redis, settings: Settings, *, session_ids: Iterable[uuid
         await pipe.execute()
 
 
-async def ensure_live(redis: Redis, settings: Settings, *, session_id: uuid.UUID) -> None:
+async def ensure_live(redis: Redis, settings: Settings, reader: asyncpg.Connection, *,
+                      session_id: uuid.UUID) -> None:
     """Raise TokenRevoked if this session was signed out."""
-    if await redis.exists(_key(settings, session_id)):
+    try:
+        revoked = await redis.exists(_key(settings, session_id))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.warning("session check falls back to PostgreSQL: Redis unavailable (%s)", exc)
+        revoked = (await _FAMILY_REVOKED.fetchrow(reader, family_id=session_id))[0]
+    if revoked:
         raise TokenRevoked("This session has been signed out; sign in again")

@@ -40,22 +40,22 @@ async def _limit_email(request: web.Request, email: str) -> None:
 
 @routes.post("/api/auth/register", body=RegisterIn, response=AcceptedOut, status=202, auth=False,
              rate_limit="auth", max_body=AUTH_MAX_BODY)
-async def register(request: web.Request, session: AsyncSession, body: RegisterIn) -> dict:
+async def register(request: web.Request, body: RegisterIn) -> dict:
     """Create an account (18+) and email a verification link; the same answer for a known email."""
     await _limit_email(request, body.email)
     res = request.app[keys.resources]
-    await service.register(session, data=body, settings=res.settings, queue=res.queue)
+    await service.register(res.sessionmaker, data=body, settings=res.settings, queue=res.queue)
     return {"status": "accepted",
             "message": "Check your inbox: we sent a verification link, then sign in"}
 
 
 @routes.post("/api/auth/login", body=LoginIn, response=AuthOut, auth=False, rate_limit="auth",
              errors=(401,), max_body=AUTH_MAX_BODY)
-async def login(request: web.Request, session: AsyncSession, body: LoginIn) -> dict:
+async def login(request: web.Request, body: LoginIn) -> dict:
     """Sign in with email and password."""
     await _limit_email(request, body.email)
     res = request.app[keys.resources]
-    signed_in = await service.login(session, email=body.email, password=body.password,
+    signed_in = await service.login(res.sessionmaker, email=body.email, password=body.password,
                                     settings=res.settings, meta=_meta(request))
     return signed_in.body()
 

@@ -11,10 +11,10 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy import DateTime, LargeBinary, String, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import AuthToken, RefreshToken, User, UserCredits
-from db.session import after_commit
+from db.session import after_commit, run_in_transaction, transaction
 from server import activity
 from server.auth import emails, revoked_sessions
 from server.auth.passwords import burn_verify, hash_password, verify_password
@@ -133,11 +133,23 @@ async def _revoke_all_refresh(session: AsyncSession, user_id: uuid.UUID) -> None
 
 
 async def register(
-    session: AsyncSession, *, data: RegisterIn, settings: Settings, queue: ArqRedis
+    sessionmaker: async_sessionmaker[AsyncSession], *, data: RegisterIn, settings: Settings,
+    queue: ArqRedis,
 ) -> uuid.UUID | None:
     """Create the account on the free plan with its signup credits and send the verification
-    email; a known address gets an email saying so instead (None), callers the same answer."""
+    email; a known address gets an email saying so instead (None), callers the same answer.
+
+    The password is hashed before the transaction opens: no connection waits for bcrypt.
+    """
     password_hash = await hash_password(data.password, rounds=settings.bcrypt_rounds)
+    return await run_in_transaction(sessionmaker, lambda session: _create_account(
+        session, data=data, password_hash=password_hash, settings=settings, queue=queue))
+
+
+async def _create_account(
+    session: AsyncSession, *, data: RegisterIn, password_hash: str, settings: Settings,
+    queue: ArqRedis,
+) -> uuid.UUID | None:
     user_id = (
         await session.execute(
             insert(User)
@@ -162,19 +174,34 @@ async def register(
 
 
 async def login(
-    session: AsyncSession, *, email: str, password: str, settings: Settings,
-    meta: dict[str, str | None] | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession], *, email: str, password: str,
+    settings: Settings, meta: dict[str, str | None] | None = None,
 ) -> Session:
-    """Same answer and the same bcrypt work whether or not the email exists."""
-    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    """Same answer and the same bcrypt work whether or not the email exists.
+
+    No connection is held while bcrypt runs: logins queue for its few threads
+    (server/auth/passwords.py), and must not hold the pool meanwhile.
+    """
+    async with transaction(sessionmaker) as session:
+        user = (await session.execute(select(User.id, User.password_hash, User.is_active)
+                                      .where(User.email == email))).one_or_none()
     if user is None:
         await burn_verify(password, rounds=settings.bcrypt_rounds)
         raise InvalidCredentials()
     if not await verify_password(password, user.password_hash) or not user.is_active:
         raise InvalidCredentials()
-    user.last_login_at = _now()
-    return await _start_session(session, user_id=user.id, token_version=user.token_version,
-                                settings=settings, meta=meta)
+
+    async def start(session: AsyncSession) -> Session:
+        token_version = (await session.execute(
+            update(User).where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(last_login_at=_now()).returning(User.token_version)
+        )).scalar_one_or_none()
+        if token_version is None:  # the password changed while this one was checked
+            raise InvalidCredentials()
+        return await _start_session(session, user_id=user.id, token_version=token_version,
+                                    settings=settings, meta=meta)
+
+    return await run_in_transaction(sessionmaker, start)
 
 
 async def refresh(

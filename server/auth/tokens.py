@@ -49,6 +49,8 @@ def decode_access_token(token: str, *, secret: str, remember: bool = True) -> Ac
     connect): the cache would only hold it, ~0.5 KB, for as long as it is among the
     8192 most recent.
     """
+    if not token.isascii():  # a JWT is base64url; headers can carry undecodable bytes
+        raise Unauthorized("The access token is invalid")
     claims = _verified(token, secret) if remember else _verified.__wrapped__(token, secret)
     if claims.expires_at + LEEWAY < time.time():
         raise TokenExpired("The access token has expired; refresh it")

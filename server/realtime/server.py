@@ -91,7 +91,8 @@ class Realtime:
             async with resources.reader.acquire() as reader:
                 user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version,
                                        session_id=claims.session_id)
-            await revoked_sessions.ensure_live(resources.redis, self.settings, session_id=claims.session_id)
+                await revoked_sessions.ensure_live(resources.redis, self.settings, reader,
+                                                   session_id=claims.session_id)
         except DomainError as exc:
             if exc.status == 401:
                 raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
