@@ -100,6 +100,7 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
         errors = set(spec.errors) | {400, 500}
         if spec.method in BODY_METHODS:
             errors |= {413, 415}  # routing.py refuses oversized and non-JSON bodies
+            op["x-max-body-bytes"] = spec.body_limit
         if spec.idempotent:
             op["parameters"].append(IDEMPOTENCY_KEY)
             ok["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}

@@ -20,6 +20,17 @@ Trait = (StrictBool
 Age = Annotated[int, Field(strict=True, ge=18, le=120, description="Avatars are adults: 18 or over")]
 
 
+def _raw_trait_lengths(value: Any) -> Any:
+    """Before stripping: the documented limits are of the text as sent."""
+    if isinstance(value, dict):
+        for key, trait in value.items():
+            if isinstance(key, str) and len(key) > 50:
+                raise ValueError("trait names are 1..50 characters")
+            if isinstance(trait, str) and len(trait) > 200:
+                raise ValueError(f"trait {key!r} is longer than 200 characters")
+    return value
+
+
 def _check_appearance(value: dict[str, Trait] | None) -> dict[str, Trait] | None:
     if value is None:
         return value
@@ -42,6 +53,7 @@ class AvatarCreateIn(Input):
     style: str | None = Field(None, max_length=500)
 
     _appearance = field_validator("appearance")(_check_appearance)
+    _appearance_raw = field_validator("appearance", mode="before")(_raw_trait_lengths)
 
 
 class AvatarUpdateIn(Input):
@@ -53,6 +65,7 @@ class AvatarUpdateIn(Input):
     style: str | None = Field(None, max_length=500)
 
     _appearance = field_validator("appearance")(_check_appearance)
+    _appearance_raw = field_validator("appearance", mode="before")(_raw_trait_lengths)
 
     @model_validator(mode="after")
     def _something_to_change(self) -> AvatarUpdateIn:
