@@ -16,7 +16,8 @@ CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError, RedisTimeoutError, OSError, ConnectionError, TimeoutError, PoolTimeout,
     OperationalError, InterfaceError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,  # includes InternalClientError "protocol is in the failed state"
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # "cannot switch to state 15; protocol is in the failed state"
     asyncpg.AdminShutdownError, asyncpg.CrashShutdownError,
 )
 

@@ -56,6 +56,7 @@ async def _make(res: Any, avatar_id: uuid.UUID, regeneration_id: uuid.UUID | Non
         profile = await res.ai.character_profile(AvatarSpec(
             name=row["name"], age=row["age"], seed=row["seed"], description=row["description"],
             appearance=row["appearance"] or {}, personality=row["personality"], style=row["style"]))
+        await res.moderator.screen_profile(profile, user_id=row["user_id"])
         async with transaction(res.sessionmaker) as session:
             profile = await service.save_profile(session, avatar_id=avatar_id, profile=profile)
         if profile is None:
@@ -91,9 +92,10 @@ async def make_avatar(ctx: dict[str, Any], *, avatar_id: str, regeneration_id: s
         await _make(res, avatar, regeneration)
     except ProviderError as exc:
         if exc.transient and tries < MAX_TRIES:
-            log.warning("avatar %s: %s (try %d), retrying", avatar, exc.message, tries)
+            log.warning("avatar %s: %s %s (try %d), retrying", avatar, exc.code, exc.message, tries)
             raise Retry(defer=min(2 ** tries, 30)) from exc
-        await _give_up(res, avatar, regeneration, exc.message)
+        log.warning("avatar %s: provider %s (%s)", avatar, exc.code, exc.message)
+        await _give_up(res, avatar, regeneration, exc.user_message)
     except asyncio.CancelledError:
         stopping = ctx.get("stopping")
         if stopping is None or not stopping.is_set():  # a timeout: settle the money before arq moves on

@@ -1,18 +1,32 @@
-"""Billing sweep: subscriptions whose period ran out are renewed or ended where the billing
-provider leaves that to us (local billing); Stripe does it itself and says so by webhook."""
+"""Billing sweep, every minute: billing changes whose process died are run again with the
+same provider keys; parked Stripe events are tried again (and given up after
+STRIPE_PARKED_EVENT_DAYS); subscriptions whose period ran out are renewed or ended where
+the billing provider leaves that to us (local billing; Stripe says so by webhook)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq import cron
 
 from db.session import transaction
-from server.billing import service
+from server.billing import service, webhooks
 
 log = logging.getLogger(__name__)
+
+
+async def retry_parked_events(res: Any, *, batch: int = 100) -> int:
+    """Parked Stripe events that are due, tried again; how many were tried."""
+    now = datetime.now(UTC)
+    async with transaction(res.sessionmaker) as session:
+        await webhooks.drop_expired(session, older_than=now - timedelta(days=res.settings.stripe_parked_event_days))
+    async with transaction(res.sessionmaker) as session:
+        tried = await webhooks.retry_parked(session, due_before=now, limit=batch)
+    for event_id, result in tried:
+        log.info("parked stripe event %s tried again: %s", event_id, result)
+    return len(tried)
 
 
 async def roll_over_billing_periods(ctx: dict[str, Any]) -> int:
@@ -22,11 +36,8 @@ async def roll_over_billing_periods(ctx: dict[str, Any]) -> int:
         due = await service.due_subscriptions(session, now=now)
     rolled = 0
     for subscription_id, user_id in due:
-        # One transaction each: one refusal does not hold back the others.
-        try:
-            async with transaction(res.sessionmaker) as session:
-                rolled += await service.roll_over(session, subscription_id=subscription_id,
-                                                  user_id=user_id, billing=res.billing, now=now)
+        try:  # one refusal does not hold back the others
+            rolled += await service.roll_over(res, subscription_id=subscription_id, user_id=user_id, now=now)
         except Exception:
             log.exception("could not roll over subscription %s", subscription_id)
     if rolled:
@@ -34,5 +45,18 @@ async def roll_over_billing_periods(ctx: dict[str, Any]) -> int:
     return rolled
 
 
-BILLING_CRON = cron(roll_over_billing_periods, name="roll_over_billing_periods",
-                    minute=set(range(0, 60, 5)), run_at_startup=True, unique=True)
+async def billing_sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    res = ctx["res"]
+    outcome = {"operations": 0, "parked": 0, "rolled": 0}
+    for name, step in (("operations", lambda: service.finish_stale_operations(res)),
+                       ("parked", lambda: retry_parked_events(res)),
+                       ("rolled", lambda: roll_over_billing_periods(ctx))):
+        try:  # each part on its own: a failing one does not stop the others
+            outcome[name] = await step()
+        except Exception:
+            log.exception("billing sweep: %s failed", name)
+    return outcome
+
+
+BILLING_CRON = cron(billing_sweep, name="billing_sweep",  # every minute
+                    run_at_startup=True, unique=True)

@@ -28,11 +28,18 @@ log = logging.getLogger(__name__)
 BATCH = 200
 
 
-async def _job_alive(res: Resources, job_id: str | None) -> bool:
+async def _job_waiting(res: Resources, job_id: str | None) -> bool:
+    """True if arq still holds the job to run (queued, or deferred by a retry's backoff).
+
+    "In progress" does not count for a row that is still queued past the grace: a live
+    worker claims the row the moment it starts the job, so that worker died (its arq
+    in-progress mark outlives it for the job timeout). A takeover is a compare-and-set, so
+    a slow but live worker only loses the row, never runs it twice.
+    """
     if not job_id:
         return False
     status = await Job(job_id, res.queue, _queue_name=res.settings.key("queue")).status()
-    return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
+    return status in (JobStatus.queued, JobStatus.deferred)
 
 
 async def _take_over(res: Resources, row: Any, *, reason: str) -> bool:
@@ -63,7 +70,7 @@ async def sweep_generations(ctx: dict[str, Any]) -> dict[str, int]:
             .order_by(C.deadline_at).limit(BATCH)
         )).all()
     for row in stale_queued:
-        if not await _job_alive(res, row.job_id) and await _take_over(res, row, reason="sweep"):
+        if not await _job_waiting(res, row.job_id) and await _take_over(res, row, reason="sweep"):
             counts["requeued"] += 1
     for row in expired:
         if row.attempts >= settings.generation_max_attempts:

@@ -27,9 +27,10 @@ def route_groups() -> list[Routes]:
     from server.content.routes import routes as content_routes
     from server.credits.routes import routes as credits_routes
     from server.dashboard.routes import routes as dashboard_routes
+    from server.studio.routes import routes as studio_routes
 
     return [service_routes.routes, files_routes.routes, auth_routes, credits_routes, billing_routes,
-            avatar_routes, content_routes, dashboard_routes]
+            avatar_routes, content_routes, dashboard_routes, studio_routes]
 
 
 def create_app(settings: Settings) -> web.Application:

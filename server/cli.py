@@ -1,4 +1,4 @@
-"""`lustify` command: dev, serve, worker, migrate, seed, ledger check."""
+"""`lustify` command: dev, serve, worker, migrate, seed, ledger check, stripe-webhook."""
 
 from __future__ import annotations
 
@@ -76,10 +76,61 @@ def cmd_worker(settings: Settings) -> int:
     return 0
 
 
+async def _worker_alive_here(settings: Settings) -> bool:
+    import socket
+    import time
+
+    from server.queueing import WORKER_STALE_SECONDS, worker_heartbeat_key
+    from server.resources import make_redis
+
+    redis = make_redis(settings)
+    try:
+        fresh = await redis.zrangebyscore(worker_heartbeat_key(settings), time.time() - WORKER_STALE_SECONDS, "+inf")
+    finally:
+        await redis.aclose()
+    host = socket.gethostname() + ":"
+    return any(member.decode().startswith(host) for member in fresh)
+
+
+def cmd_health_worker(settings: Settings) -> int:
+    """Exit 0 if a worker on this host beat recently (the worker container's healthcheck)."""
+    try:
+        alive = asyncio.run(_worker_alive_here(settings))
+    except Exception as exc:
+        print(f"worker health unknown: {exc}", file=sys.stderr)
+        return 1
+    print("worker ok" if alive else "no worker heartbeat from this host")
+    return 0 if alive else 1
+
+
 def cmd_ledger_check(settings: Settings) -> int:
     from server.credits.audit import run_ledger_check
 
     return asyncio.run(run_ledger_check(settings))
+
+
+async def _create_stripe_webhook(settings: Settings, url: str) -> tuple[str, str]:
+    from server.adapters.billing.stripe import StripeBilling
+    from server.billing.webhooks import HANDLERS
+
+    billing = StripeBilling(settings)
+    try:
+        return await billing.create_webhook_endpoint(url=url, events=sorted(HANDLERS))
+    finally:
+        await billing.close()
+
+
+def cmd_stripe_webhook(settings: Settings, url: str) -> int:
+    """Create the Stripe webhook endpoint, its events in our pinned API version."""
+    from server.adapters.billing.stripe_objects import API_VERSION
+
+    if settings.stripe_secret_key is None or not settings.stripe_secret_key.get_secret_value():
+        print("lustify: set STRIPE_SECRET_KEY first", file=sys.stderr)
+        return 2
+    endpoint_id, secret = asyncio.run(_create_stripe_webhook(settings, url))
+    print(f"Stripe webhook endpoint {endpoint_id} for {url} (API version {API_VERSION})")
+    print(f"STRIPE_WEBHOOK_SECRET={secret}")
+    return 0
 
 
 def _persistent_secret(path: Path) -> str:
@@ -149,7 +200,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         cmd_seed(settings)
         worker = WorkerSupervisor(env)
         print(
-            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (docs: /docs, health: /health)\n"
+            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (the studio; API docs: /docs, health: /health)\n"
             f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
             f"  redis:    {'embedded ' + env['REDIS_URL'] if redis else 'REDIS_URL'}\n"
             f"  emails:   printed here and written to {data_dir / 'outbox'}\n"
@@ -178,8 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="alembic upgrade head")
     seed = sub.add_parser("seed", help="insert or update the subscription plans")
     seed.add_argument("--demo", action="store_true", help="also create a verified demo account with credits")
+    health = sub.add_parser("health", help="process health checks (for container healthchecks)")
+    health.add_argument("what", choices=["worker"])
     ledger = sub.add_parser("ledger", help="ledger tools")
     ledger.add_argument("action", choices=["check"])
+    webhook = sub.add_parser("stripe-webhook", help="create the Stripe webhook endpoint (pins its API version)")
+    webhook.add_argument("url", help="public URL of /api/subscriptions/webhook")
     return parser
 
 
@@ -196,7 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, json=settings.log_json)
     if args.command == "seed":
         return cmd_seed(settings, demo=args.demo)
-    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check}
+    if args.command == "stripe-webhook":
+        return cmd_stripe_webhook(settings, args.url)
+    commands = {"serve": cmd_serve, "worker": cmd_worker, "migrate": cmd_migrate, "ledger": cmd_ledger_check,
+                "health": cmd_health_worker}
     return commands[args.command](settings)
 
 

@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = 3001
     public_url: str = ""  # base of links to this API (signed file URLs); defaults to localhost:PORT
-    frontend_url: str = ""  # base of links in emails; empty: the links point at this API
+    frontend_url: str = ""  # base of links in emails; empty: the studio this app serves (PUBLIC_URL)
     data_dir: Path = Path("./var")
     log_level: str = "INFO"
     log_json: bool = True
@@ -59,20 +59,29 @@ class Settings(BaseSettings):
 
     grok_api_key: SecretStr | None = None
     grok_base_url: str = "https://api.x.ai/v1"
-    grok_chat_model: str = "grok-4-fast-non-reasoning"
+    # xAI's replacement for the retired grok-4-fast-non-reasoning (docs/providers.md says where
+    # this was checked and how to move on); checked against GET /v1/models at startup.
+    grok_chat_model: str = "grok-4.20-0309-non-reasoning"
     grok_image_model: str = "grok-imagine-image"
     grok_video_model: str = "grok-imagine-video"
     grok_timeout_seconds: float = 120.0
     local_ai_delay_ms: int = 300
+    # The content classifier (second screening layer, with Grok): past this a request is refused (503).
+    moderation_timeout_seconds: float = Field(8.0, gt=0, le=60)
 
     stripe_secret_key: SecretStr | None = None
     stripe_webhook_secret: SecretStr | None = None
+    stripe_publishable_key: str | None = None  # pk_...: the studio's Payment Element
     stripe_api_base: str | None = None  # only to point the SDK at a Stripe-compatible server
     stripe_price_starter: str = "price_starter"
     stripe_price_pro: str = "price_pro"
     stripe_price_enterprise: str = "price_enterprise"
     stripe_webhook_tolerance_seconds: int = 300
     stripe_timeout_seconds: float = 30.0
+    # A billing change still unfinished after this long (its process died) is finished by the sweep.
+    billing_operation_stale_seconds: int = Field(300, ge=1)
+    billing_lock_wait_seconds: float = 15.0  # a second billing change of one user waits this long
+    stripe_parked_event_days: int = 3  # events that cannot apply yet are retried this long
     # One-off credit packs sold through payment intents: "id:credits:price_cents", comma-separated.
     credit_packs: CommaList = Field(
         default_factory=lambda: ["credits_100:100:999", "credits_500:500:3999",
@@ -180,6 +189,11 @@ class Settings(BaseSettings):
     @property
     def base_url(self) -> str:
         return (self.public_url or f"http://localhost:{self.port}").rstrip("/")
+
+    @property
+    def studio_url(self) -> str:
+        """Base of the pages emailed links open: FRONTEND_URL, else the studio served here."""
+        return (self.frontend_url or self.base_url).rstrip("/")
 
     def key(self, *parts: object) -> str:
         """A Redis key (or channel/queue name) inside this deployment's namespace."""

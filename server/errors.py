@@ -139,6 +139,16 @@ class ServiceUnavailable(DomainError):
     default_message = "A dependency is unavailable, try again shortly"
 
 
+class ScreeningUnavailable(ServiceUnavailable):
+    """The content classifier gave no verdict: the request is refused rather than sent unscreened."""
+
+    default_message = "The content check is unavailable right now; nothing was charged. Try again in a few seconds"
+
+    def __init__(self, *, retry_after: int = 5) -> None:
+        super().__init__(details=[{"reason": "content_screening_unavailable", "retry_after": retry_after}],
+                         headers={"Retry-After": str(retry_after)})
+
+
 class InternalError(DomainError):
     status, code, default_message = 500, "internal_error", "Internal server error"
 

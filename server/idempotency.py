@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 from sqlalchemy import delete, func, insert, select, text, tuple_
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import IdempotencyKey as Record
@@ -33,6 +34,7 @@ HEADER = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 MAX_LENGTH = 255
 _TRY_LOCK = text("SELECT pg_try_advisory_xact_lock(hashtextextended(:k, 0))")
+UNWRAPPED_LOCK_MS = 120_000  # longer than any provider call we make under it
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,45 @@ async def run(session: AsyncSession, *, user_id: uuid.UUID, key: str, fingerprin
     await session.execute(insert(Record).values(user_id=user_id, key=key, fingerprint=fingerprint,
                                                 status=outcome.status, response=outcome.body))
     return outcome
+
+
+async def run_unwrapped(sessionmaker: Any, redis: Any, *, user_id: uuid.UUID, key: str, fingerprint: bytes,
+                        status: int, work: Callable[[], Awaitable[Any]]) -> Outcome:
+    """For work that keeps its own transactions (it calls a payment provider between them).
+
+    "Still running" is a Redis lock here (no database connection is held through a provider
+    call); its TTL frees a key whose request died. The work itself must be safe to repeat
+    under the same key (billing derives the provider's idempotency keys from it), because
+    a crash after the work and before its record lets a retry run it again.
+    """
+    lock = f"idempotency-lock:{user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+    if not await redis.set(lock, b"1", nx=True, px=UNWRAPPED_LOCK_MS):
+        raise IdempotencyKeyInUse()
+    try:
+        async with sessionmaker() as session:
+            found = (await session.execute(
+                select(Record.fingerprint, Record.status, Record.response)
+                .where(Record.user_id == user_id, Record.key == key))).one_or_none()
+        if found is not None:
+            if found.fingerprint != fingerprint:
+                raise IdempotencyKeyReused()
+            return Outcome(found.status, found.response, replayed=True)
+        try:
+            result = await work()
+        except DomainError as exc:
+            if not _recorded(exc.status):
+                raise
+            outcome = Outcome(exc.status, dumps(exc.body()), replayed=False)
+        else:
+            body = b"" if result is None else dumps(result)
+            outcome = Outcome(status if body else (204 if status in (200, 204) else status), body, replayed=False)
+        async with sessionmaker() as session, session.begin():
+            await session.execute(pg_insert(Record).values(
+                user_id=user_id, key=key, fingerprint=fingerprint, status=outcome.status,
+                response=outcome.body).on_conflict_do_nothing())
+        return outcome
+    finally:
+        await redis.delete(lock)
 
 
 def response(outcome: Outcome) -> web.Response:

@@ -21,6 +21,15 @@ class Metrics:
         self.socket_connections = Gauge(
             "socketio_connections", "Connected Socket.IO clients", registry=self.registry
         )
+        self.stripe_webhook_events = Counter(
+            "stripe_webhook_events_total", "Stripe webhook events by outcome", ["outcome"],
+            registry=self.registry,
+        )
+        self.stripe_api_version_mismatch = Counter(
+            "stripe_webhook_api_version_mismatch_total",
+            "Stripe events whose api_version is not the pinned one", ["api_version"],
+            registry=self.registry,
+        )
         self.events_published = Counter(
             "realtime_events_published_total", "Events published to users", ["event"],
             registry=self.registry,

@@ -6,7 +6,6 @@ import inspect
 import re
 from typing import Any
 
-from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -36,19 +35,6 @@ REPLAYED_HEADER = {
     "description": "`true` when this is the stored first response to the Idempotency-Key",
     "schema": {"type": "string", "enum": ["true"]},
 }
-
-DOCS_HTML = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Lustify API</title>
-<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"></head>
-<body><div id="ui"></div>
-<script src="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"></script>
-<script>SwaggerUIBundle({url: "/openapi.json", dom_id: "#ui"});</script>
-</body></html>"""
-DOCS_CSP = (
-    "default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src https://cdn.jsdelivr.net; img-src data: https:; connect-src 'self'"
-)
-
 
 def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
     models: set[type[BaseModel]] = set()
@@ -134,9 +120,3 @@ def _uses_dependencies(spec: RouteSpec) -> bool:
     """Whether the route reads PostgreSQL or Redis, and so answers 503 when one is down."""
     wants = set(inspect.signature(spec.handler).parameters)
     return spec.auth or bool(spec.rate_limit) or bool(wants & {"session", "reader"})
-
-
-def docs_page() -> web.Response:
-    return web.Response(
-        text=DOCS_HTML, content_type="text/html", headers={"Content-Security-Policy": DOCS_CSP}
-    )

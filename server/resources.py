@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from server.adapters.billing import BillingGateway, make_billing
 from server.adapters.email import Mailer, make_mailer
 from server.adapters.storage import Storage, make_storage
 from server.config import Settings
+from server.moderation import Moderator, make_moderator
 from server.ratelimit import RateLimiter
 from server.realtime.publisher import Publisher
 
@@ -34,8 +37,15 @@ class Resources:
     publisher: Publisher
     mailer: Mailer
     ai: AIProvider
+    moderator: Moderator  # every text bound for a model is screened through it
     storage: Storage
     billing: BillingGateway
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def make_redis(settings: Settings) -> Redis:
@@ -63,6 +73,11 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
         publisher = Publisher(redis, settings, metrics)
         ai = make_ai(settings)
         stack.push_async_callback(ai.aclose)
+        # In the background: a missing model is logged and shown in /health, never a failed start.
+        model_check = asyncio.create_task(ai.check_models(), name="ai-model-check")
+        stack.push_async_callback(_stop, model_check)
+        moderator = make_moderator(settings)
+        stack.push_async_callback(moderator.aclose)
         storage = make_storage(settings)
         stack.push_async_callback(storage.aclose)
         billing = make_billing(settings)
@@ -78,6 +93,7 @@ async def open_resources(settings: Settings, *, metrics: object = None) -> Async
             publisher=publisher,
             mailer=make_mailer(settings),
             ai=ai,
+            moderator=moderator,
             storage=storage,
             billing=billing,
         )

@@ -111,8 +111,8 @@ def _route_name(spec: RouteSpec) -> str:
 
 def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     wants = set(inspect.signature(spec.handler).parameters)
-    if spec.idempotent and not (spec.auth and "session" in wants):
-        raise TypeError(f"{_route_name(spec)}: an idempotent route has a user and a session")
+    if spec.idempotent and not spec.auth:
+        raise TypeError(f"{_route_name(spec)}: an idempotent route has a user")
     if "idempotency_key" in wants and not spec.idempotent:
         raise TypeError(f"{_route_name(spec)} takes idempotency_key: declare it idempotent=True")
 
@@ -153,7 +153,13 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if "idempotency_key" in wants:
             kwargs["idempotency_key"] = key
         if "session" not in wants:
-            return await spec.handler(**kwargs)
+            if key is None:
+                return await spec.handler(**kwargs)
+            # Work with transactions of its own (a payment provider is called between them).
+            return await idempotency.run_unwrapped(
+                res.sessionmaker, res.redis, user_id=user.id, key=key, status=spec.status,
+                fingerprint=idempotency.fingerprint(f"{request.method} {request.path}", kwargs.get("body")),
+                work=lambda: spec.handler(**kwargs))
         # The transaction opens only now, after auth, limits and parsing: it stays short.
         # A deadlock or serialization failure runs the whole handler (and its key check) again.
         if key is None:

@@ -14,10 +14,10 @@ from server.errors import NotFound, Unauthorized
 from server.json_io import json_response
 from server.metrics import generation_job_metrics
 from server.middleware import generic_server_header
-from server.openapi import docs_page
 from server.queueing import live_workers
 from server.resources import Resources
 from server.routing import Routes
+from server.studio.routes import docs_page
 
 routes = Routes(tags=("service",))
 openapi_document = web.AppKey("openapi_document", dict)
@@ -28,6 +28,8 @@ class HealthOut(BaseModel):
     status: str
     checks: dict[str, str]
     version: str
+    # Provider details (e.g. an AI model the provider does not offer): shown, never a 503.
+    providers: dict[str, dict] = {}
 
 
 async def _check_database(res: Resources) -> str:
@@ -66,7 +68,8 @@ async def health(request: web.Request) -> web.Response:
         checks["server"] = "draining"  # a deploy is stopping this process
     healthy = all(v == "ok" for v in checks.values())
     checks["worker"] = worker  # a load balancer must not drop this server when no worker runs
-    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__}
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks, "version": __version__,
+            "providers": {"ai": res.ai.model_status()}}
     if not healthy:
         failing = ", ".join(name for name, v in checks.items() if v != "ok")
         body |= {"error": "service_unavailable", "message": f"Unhealthy: {failing}", "details": []}
@@ -129,5 +132,5 @@ async def openapi(request: web.Request) -> web.Response:
 @routes.get("/docs", auth=False, rate_limit=None, response={"type": "string"},
             extra={"media_type": "text/html"})
 async def docs(request: web.Request) -> web.Response:
-    """Interactive API documentation."""
-    return docs_page()
+    """Interactive API documentation (Swagger UI packaged with the app: works offline)."""
+    return docs_page(request.app[keys.settings])

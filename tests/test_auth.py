@@ -293,16 +293,17 @@ async def test_forwarded_for_is_trusted_only_from_configured_proxies(settings) -
         await server.close()
 
 
-def test_email_links_point_at_the_frontend_when_configured_and_always_at_the_api(settings) -> None:
+def test_email_links_open_the_studio_or_the_frontend_and_always_name_the_api(settings) -> None:
     from server.auth import emails
 
     bare = emails.verification(settings, to="a@example.com", token="tok-123")
     assert f"{settings.base_url}/api/auth/verify-email/tok-123" in bare.text
-    assert "verify-email?token" not in bare.text
+    first_link = next(line for line in bare.text.splitlines() if line.startswith("http"))
+    assert first_link == f"{settings.base_url}/verify-email#token=tok-123"  # the studio served here
     with_frontend = emails.verification(settings.model_copy(update={"frontend_url": "https://studio.example/"}),
                                         to="a@example.com", token="tok-123")
     first_link = next(line for line in with_frontend.text.splitlines() if line.startswith("http"))
-    assert first_link == "https://studio.example/verify-email?token=tok-123"
+    assert first_link == "https://studio.example/verify-email#token=tok-123"
     assert f"{settings.base_url}/api/auth/verify-email/tok-123" in with_frontend.text
     reset = emails.password_reset(settings, to="a@example.com", token="rst-456")
     assert "rst-456" in reset.text and "/api/auth/reset-password" in reset.text

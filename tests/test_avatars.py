@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from PIL import Image
 from pydantic import SecretStr
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select, text, update
 
 from db.models import Avatar, CreditTransaction, GeneratedContent
 from db.session import transaction
@@ -408,3 +408,45 @@ async def test_sweep_requeues_avatars_whose_job_was_lost(api, app_server, worker
     failed = (await api.get(f"/api/avatars/{hopeless}", token=user.access_token)).body
     assert failed["status"] == "failed" and failed["error"] == "The avatar took too long to create"
     assert await balance(api, user) == 15  # 25 - 10 (Lost, now ready) - 5 + 5 (Ancient, refunded)
+
+
+async def test_a_paid_thumbnail_whose_job_was_lost_is_made_by_the_sweep(api, app_server, worker, settings) -> None:
+    """Charged, but the enqueue after commit never happened (Redis lost it): the sweep finds it."""
+    from jobs.avatars import sweep_avatars
+
+    user = await verified_user(api, outbox(settings))
+    created = await api.post("/api/avatars", token=user.access_token, json={"name": "Nova", "age": 33})
+    ready = await wait_settled(api, user, created.body["id"])
+    res = app_server.app[keys.resources]
+    regeneration_id = uuid.uuid4()
+    async with transaction(res.sessionmaker) as session:  # what regenerate-thumbnail commits, minus the job
+        await ledger.spend(session, user_id=uuid.UUID(user.id), amount=5,
+                           key=f"avatar:{ready['id']}:thumbnail:{regeneration_id}:charge")
+        await session.execute(update(Avatar).where(Avatar.id == uuid.UUID(ready["id"])).values(
+            regeneration_id=regeneration_id, updated_at=text("now() - interval '15 minutes'")))
+    again = await api.post(f"/api/avatars/{ready['id']}/regenerate-thumbnail", token=user.access_token)
+    assert again.status == 409  # one new thumbnail at a time, and this one is already paid for
+    assert await sweep_avatars({"res": res}) >= 1
+    for _ in range(200):
+        async with res.sessionmaker() as session:
+            pending = (await session.execute(select(Avatar.regeneration_id).where(
+                Avatar.id == uuid.UUID(ready["id"])))).scalar_one()
+        if pending is None:
+            break
+        await asyncio.sleep(0.05)
+    assert pending is None
+    after = (await api.get(f"/api/avatars/{ready['id']}", token=user.access_token)).body
+    assert after["status"] == "ready" and after["updated_at"] != ready["updated_at"]
+    assert await balance(api, user) == 25 - 10 - 5  # charged once, not refunded
+
+
+async def test_a_failed_avatar_holds_no_plan_slot(api, app_server, worker, settings) -> None:
+    user = await verified_user(api, outbox(settings))
+    res = app_server.app[keys.resources]
+    async with transaction(res.sessionmaker) as session:
+        await session.execute(insert(Avatar).values(user_id=uuid.UUID(user.id), name="Broken", age=40, seed=1,
+                                                    status="failed", error="provider said no"))
+    limit = (await api.get("/api/avatars/limit", token=user.access_token)).body
+    assert limit["used"] == 0 and limit["remaining"] == 1  # the free plan's one avatar is still free
+    created = await api.post("/api/avatars", token=user.access_token, json={"name": "Second try", "age": 30})
+    assert created.status == 202, created

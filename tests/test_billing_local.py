@@ -14,7 +14,22 @@ from server.billing.service import credit_packs
 from server.config import Settings
 from server.resources import open_resources
 from tests.conftest import _asyncpg_dsn
-from tests.support.api import Api
+from tests.support.api import Api, User
+
+
+@pytest.fixture
+async def db(database_url):
+    conn = await asyncpg.connect(_asyncpg_dsn(database_url))
+    yield conn
+    await conn.close()
+
+
+async def buyer(api: Api, db) -> User:
+    """A registered user whose email is verified (purchases need it; the email link itself is
+    tested in test_auth)."""
+    user = await api.register()
+    await db.execute("UPDATE users SET email_verified = true WHERE id = $1", uuid.UUID(user.id))
+    return user
 
 
 async def _credits(api: Api, token: str) -> dict:
@@ -37,8 +52,8 @@ async def test_plans_and_packs_are_public(api: Api) -> None:
     assert (await api.get("/api/subscriptions")).status == 401
 
 
-async def test_local_subscription_lifecycle(api: Api, database_url: str) -> None:
-    user = await api.register()
+async def test_local_subscription_lifecycle(api: Api, database_url: str, db) -> None:
+    user = await buyer(api, db)
     token = user.access_token
     current = await api.get("/api/subscriptions", token=token)
     assert current.body == {"subscription": None, "plan": current.body["plan"]}
@@ -90,8 +105,8 @@ async def test_local_subscription_lifecycle(api: Api, database_url: str) -> None
                           "subscription.cancel_scheduled", "subscription.reactivated"]
 
 
-async def test_local_credit_pack_is_granted_at_once(api: Api) -> None:
-    user = await api.register()
+async def test_local_credit_pack_is_granted_at_once(api: Api, db) -> None:
+    user = await buyer(api, db)
     reply = await api.post("/api/subscriptions/payment-intent", json={"pack_id": "credits_500"},
                            token=user.access_token)
     assert reply.status == 201, reply
@@ -104,8 +119,8 @@ async def test_local_credit_pack_is_granted_at_once(api: Api) -> None:
     assert purchase["items"][0]["reference_id"] == reply.body["payment_intent_id"]
 
 
-async def test_bad_billing_input_is_refused_and_changes_nothing(api: Api) -> None:
-    user = await api.register()
+async def test_bad_billing_input_is_refused_and_changes_nothing(api: Api, db) -> None:
+    user = await buyer(api, db)
     token = user.access_token
     cases = [
         ("POST", "/api/subscriptions", {"plan_id": "platinum"}, 400, "validation_error"),
@@ -128,8 +143,8 @@ async def test_bad_billing_input_is_refused_and_changes_nothing(api: Api) -> Non
     assert (await api.post("/api/subscriptions", json={"plan_id": "pro"})).status == 401
 
 
-async def test_another_users_subscription_is_not_found(api: Api) -> None:
-    owner, other = await api.register(), await api.register()
+async def test_another_users_subscription_is_not_found(api: Api, db) -> None:
+    owner, other = await buyer(api, db), await buyer(api, db)
     sub = (await api.post("/api/subscriptions", json={"plan_id": "starter"},
                           token=owner.access_token)).body["subscription"]
     for method, path, body in [("PUT", f"/api/subscriptions/{sub['id']}", {"plan_id": "pro"}),
@@ -142,8 +157,9 @@ async def test_another_users_subscription_is_not_found(api: Api) -> None:
     assert mine.body["subscription"]["cancel_at_period_end"] is False
 
 
-async def test_local_periods_renew_with_credits_and_end_when_canceled(api: Api, settings, database_url) -> None:
-    user = await api.register()
+async def test_local_periods_renew_with_credits_and_end_when_canceled(
+        api: Api, settings, database_url, db) -> None:
+    user = await buyer(api, db)
     token = user.access_token
     sub = (await api.post("/api/subscriptions", json={"plan_id": "starter"}, token=token)).body["subscription"]
     conn = await asyncpg.connect(_asyncpg_dsn(database_url))
@@ -181,6 +197,28 @@ async def test_webhooks_are_refused_without_a_webhook_secret(api: Api) -> None:
     reply = await api.post("/api/subscriptions/webhook", data=body,
                            headers={"Stripe-Signature": "t=1,v1=abc", "Content-Type": "application/json"})
     assert (reply.status, reply.body["error"]) == (400, "invalid_signature")
+    assert "STRIPE" not in reply.body["message"] and "SECRET" not in reply.body["message"]
+
+
+async def test_purchases_need_a_verified_email(api: Api, db) -> None:
+    user = await api.register()
+    token = user.access_token
+    for path, body in [("/api/subscriptions", {"plan_id": "pro"}),
+                       ("/api/subscriptions/payment-intent", {"pack_id": "credits_100"})]:
+        reply = await api.post(path, json=body, token=token)
+        assert (reply.status, reply.body["error"]) == (403, "email_not_verified"), (path, reply)
+    assert await _credits(api, token) == {"balance": 25, "lifetime_granted": 25, "lifetime_spent": 0}
+    assert await db.fetchval("SELECT count(*) FROM billing_operations WHERE user_id = $1",
+                             uuid.UUID(user.id)) == 0
+
+    # A subscriber whose email changed (unverified again) cannot buy more, but can still leave.
+    await db.execute("UPDATE users SET email_verified = true WHERE id = $1", uuid.UUID(user.id))
+    sub = (await api.post("/api/subscriptions", json={"plan_id": "starter"}, token=token)).body["subscription"]
+    await db.execute("UPDATE users SET email_verified = false WHERE id = $1", uuid.UUID(user.id))
+    upgrade = await api.put(f"/api/subscriptions/{sub['id']}", json={"plan_id": "pro"}, token=token)
+    assert (upgrade.status, upgrade.body["error"]) == (403, "email_not_verified")
+    left = await api.post(f"/api/subscriptions/{sub['id']}/cancel", token=token)
+    assert left.status == 200 and left.body["subscription"]["cancel_at_period_end"] is True
 
 
 def test_credit_packs_setting_is_validated() -> None:

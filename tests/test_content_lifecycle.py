@@ -33,7 +33,8 @@ async def _current_user(res, user_id: uuid.UUID):
 async def _generate(res, user) -> uuid.UUID:
     async with transaction(res.sessionmaker) as session:
         content = await service.create_generation(session, user=user, request=GenerateImageIn(prompt="x"),
-                                                  queue=res.queue, storage=res.storage)
+                                                  queue=res.queue, storage=res.storage,
+                                                  moderator=res.moderator)
     return uuid.UUID(str(content["id"]))
 
 
@@ -197,3 +198,30 @@ async def test_a_job_whose_database_is_away_hands_back_without_failing(own_stack
             refunds = (await session.execute(text(
                 "SELECT count(*) FROM credit_transactions WHERE type = 'refund'"))).scalar_one()
         assert refunds == 0
+
+
+async def test_a_job_started_by_a_worker_that_died_before_claiming_is_taken_over(
+        app_server, api: Api, settings) -> None:
+    """arq's in-progress mark outlives a SIGKILLed worker by the job timeout; the row, still
+    queued past the grace, must not wait for it."""
+    from arq.constants import in_progress_key_prefix
+
+    res = app_server.app[keys.resources]
+    user = await _current_user(res, uuid.UUID((await _verified(api, settings)).id))
+    content_id = await _generate(res, user)
+    await res.redis.psetex(in_progress_key_prefix + str(content_id), 900_000, b"1")  # the dead worker's mark
+    async with transaction(res.sessionmaker) as session:
+        await session.execute(update(C).where(C.id == content_id).values(updated_at=text("now() - interval '1 minute'")))
+    sweep_settings = settings.model_copy(update={"queued_grace_seconds": 5})
+    res_view = type("R", (), {})()
+    res_view.__dict__.update(res.__dict__)
+    res_view.settings = sweep_settings
+    await sweep_generations({"res": res_view})
+    row = await _row(res, content_id)
+    assert row.status == "queued" and row.job_id.startswith(f"{content_id}:sweep")
+    async with running_worker(settings):
+        for _ in range(200):
+            if (await _row(res, content_id)).status == "completed":
+                break
+            await asyncio.sleep(0.05)
+    assert (await _row(res, content_id)).status == "completed"

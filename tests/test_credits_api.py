@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from sqlalchemy import text
+
 from db.session import transaction
 from server.credits import ledger
 from server.resources import open_resources
@@ -55,10 +57,15 @@ async def test_transactions_are_paged_newest_first(api: Api, settings) -> None:
         assert (reply.status, reply.body["error"]) == (400, "validation_error"), bad
 
 
-async def test_transactions_are_private(api: Api) -> None:
+async def test_transactions_are_private(api: Api, settings) -> None:
     alice, bob = await api.register(), await api.register()
-    await api.post("/api/subscriptions/payment-intent", json={"pack_id": "credits_100"},
-                   token=alice.access_token)
+    async with open_resources(settings) as res:  # purchases need a verified email
+        async with transaction(res.sessionmaker) as session:
+            await session.execute(text("UPDATE users SET email_verified = true WHERE id = :id"),
+                                  {"id": uuid.UUID(alice.id)})
+    bought = await api.post("/api/subscriptions/payment-intent", json={"pack_id": "credits_100"},
+                            token=alice.access_token)
+    assert bought.status == 201, bought
     bobs = await api.get("/api/credits/transactions", token=bob.access_token)
     assert bobs.body["total"] == 1 and bobs.body["items"][0]["amount"] == 25
 

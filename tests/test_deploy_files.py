@@ -30,6 +30,9 @@ def test_compose_services_profiles_and_healthchecks() -> None:
     assert services["app"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["app"]["command"] == ["lustify", "serve"]
     assert services["worker"]["command"] == ["lustify", "worker"]
+    # The worker's healthcheck reads its heartbeat; deploys leave time for a drain.
+    assert services["worker"]["healthcheck"]["test"] == ["CMD", "lustify", "health", "worker"]
+    assert services["worker"]["stop_grace_period"] == "30s" and services["app"]["stop_grace_period"] == "20s"
     # Local storage (no S3): the worker writes files the app serves, so they share a volume.
     assert "app_data:/data" in services["app"]["volumes"] and "app_data:/data" in services["worker"]["volumes"]
     assert "app_data" in compose["volumes"]

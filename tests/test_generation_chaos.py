@@ -17,6 +17,7 @@ from server.embedded import EmbeddedRedis, free_port
 from tests.conftest import start_app
 from tests.support.api import Api, verified_user
 from tests.support.flows import balance, wait_for_content
+from tests.support.processes import WorkerProcess
 from tests.support.workers import running_worker
 
 pytestmark = pytest.mark.slow
@@ -37,9 +38,8 @@ def _env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def _worker_process(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=_env(settings),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _worker_process(settings: Settings) -> WorkerProcess:
+    return WorkerProcess(settings).start()
 
 
 def _ledger_check(settings: Settings) -> subprocess.CompletedProcess:
@@ -57,17 +57,17 @@ async def test_sigkill_mid_job_then_a_new_worker_finishes_it(api: Api, settings:
         queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "chaos"})
         assert queued.status == 202
         await wait_for_content(api, user, queued.body["id"], statuses=("processing",), timeout=30)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+        first.signal(signal.SIGKILL)
+        await first.wait(10)
     finally:
-        if first.poll() is None:
-            first.kill()
+        await first.__aexit__()
     second = _worker_process(chaos)
     try:
         done = await wait_for_content(api, user, queued.body["id"], timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- second worker:\n{second.log_tail()}") from None
     finally:
-        second.terminate()
-        second.wait(20)
+        await second.__aexit__()
     assert done["status"] == "completed", done
     assert done["attempts"] == 2  # the dead worker's attempt, then the takeover
     assert await balance(api, user) == 20  # charged once

@@ -109,3 +109,49 @@ async def test_content_policy_refuses_before_any_charge(api: Api, worker, settin
     ok = await api.post("/api/content/generate/image", token=user.access_token,
                         json={"prompt": "a 25 year old woman reading at the beach"})
     assert ok.status == 202
+
+
+async def test_a_moderation_block_fails_once_and_refunds(grok_app, xai) -> None:
+    api, server, user = grok_app
+    xai.image_block_reason = "The generated image was flagged by our moderation system"
+    queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "a beach"})
+    done = await wait_for_content(api, user, queued.body["id"])
+    assert done["status"] == "failed" and done["attempts"] == 1 and "moderation" in done["error"]
+    assert len(xai.calls("POST /v1/images/generations")) == 1  # permanent: never asked again
+    assert await balance(api, user) == 25
+    assert _spend_refund(await history(server.app[keys.resources], user.id)) == [-5, 5]
+
+
+async def test_used_up_provider_credits_fail_once_without_naming_the_team(grok_app, xai) -> None:
+    api, server, user = grok_app
+    xai.fail_no_credits("POST /v1/images/generations", times=5)
+    queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "a field"})
+    done = await wait_for_content(api, user, queued.body["id"])
+    assert done["status"] == "failed" and done["attempts"] == 1
+    assert xai.team_id not in done["error"] and "purchase more credits" not in done["error"]
+    assert len(xai.calls("POST /v1/images/generations")) == 1
+    assert await balance(api, user) == 25
+
+
+async def test_a_refused_api_key_never_reaches_users(settings, xai) -> None:
+    """The key is revoked after the prompt was screened: the image call is refused as xAI does."""
+    from tests.support.fake_xai import BAD_KEY
+
+    configured = settings.model_copy(update={
+        "grok_api_key": SecretStr(xai.api_key), "grok_base_url": xai.base_url,
+        "grok_timeout_seconds": 5.0, "generation_retry_backoff_seconds": 0.2})
+    server = await start_app(configured)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        async with running_worker(configured):
+            user = await verified_user(api, configured.data_dir / "outbox")
+            xai.fail("POST /v1/images/generations", 400, times=5, error=BAD_KEY)
+            queued = await api.post("/api/content/generate/image", token=user.access_token,
+                                    json={"prompt": "a quiet street"})
+            done = await wait_for_content(api, user, queued.body["id"])
+        assert done["status"] == "failed" and done["attempts"] == 1
+        assert "API key" not in done["error"] and "xa***" not in done["error"]
+        assert await balance(api, user) == 25
+    finally:
+        await api.close()
+        await server.close()

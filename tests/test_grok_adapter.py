@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 
@@ -10,8 +11,21 @@ from PIL import Image
 from pydantic import SecretStr
 
 from server.adapters.ai import make_ai
-from server.adapters.ai.base import AvatarSpec, ProviderError
+from server.adapters.ai.base import (
+    CONTENT_MODERATED,
+    CREDENTIALS,
+    MODEL_MISSING,
+    QUOTA_EXHAUSTED,
+    RATE_LIMITED,
+    SERVICE_TROUBLE,
+    AvatarSpec,
+    ProviderError,
+)
 from server.adapters.ai.grok import GrokProvider
+from server.config import Settings
+from tests.conftest import start_app
+from tests.support.api import Api
+from tests.support.fake_xai import MODELS, RATE_LIMIT
 
 
 @pytest.fixture
@@ -43,7 +57,8 @@ async def test_profile_is_structured_json_from_chat_completions(grok, xai) -> No
     assert profile["physical_traits"]["hair"] == "copper" and profile["style"] == "gothic"
     (call,) = xai.calls("POST /v1/chat/completions")
     assert call.headers["Authorization"] == f"Bearer {xai.api_key}"
-    assert call.body["model"] == "grok-4-fast-non-reasoning"
+    assert call.body["model"] == Settings.model_fields["grok_chat_model"].default
+    assert call.body["model"] in MODELS  # a model xAI still offers
     fmt = call.body["response_format"]
     assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "avatar_profile"
     assert fmt["json_schema"]["schema"]["required"] == ["identity", "physical_traits", "style", "personality", "backstory"]
@@ -73,7 +88,7 @@ async def test_images_arrive_as_jpeg_bytes_whatever_the_answer_shape(grok, xai, 
     assert all("Authorization" not in d.headers for d in downloads)  # the key never leaves for media hosts
 
 
-async def test_429_then_success_is_retried_after_retry_after(grok, xai) -> None:
+async def test_429_then_success_honours_a_retry_after_when_given(grok, xai) -> None:
     xai.fail("POST /v1/images/generations", 429, error="Rate limit exceeded", headers={"Retry-After": "0"})
     image = await grok.generate_image(prompt="x", seed=1)
     assert image.data[:3] == b"\xff\xd8\xff"
@@ -95,11 +110,20 @@ async def test_retries_are_bounded_and_stay_transient(grok, xai) -> None:
 
 
 async def test_permanent_400_is_not_retried_and_keeps_the_provider_message(grok, xai) -> None:
-    xai.fail("POST /v1/images/generations", 400, error="Generated image rejected by content moderation.")
+    xai.fail("POST /v1/images/generations", 400, error="Invalid aspect_ratio: 7:5")
     with pytest.raises(ProviderError) as caught:
         await grok.generate_image(prompt="x", seed=1)
     assert not caught.value.transient and caught.value.status == 400
-    assert "Generated image rejected by content moderation." in caught.value.message
+    assert "Invalid aspect_ratio: 7:5" in caught.value.message
+    assert "Invalid aspect_ratio: 7:5" in caught.value.user_message
+    assert len(xai.calls("POST /v1/images/generations")) == 1
+
+
+async def test_a_400_moderation_refusal_has_its_own_code(grok, xai) -> None:
+    xai.fail("POST /v1/images/generations", 400, error="Generated image rejected by content moderation.")
+    with pytest.raises(ProviderError) as caught:
+        await grok.generate_image(prompt="x", seed=1)
+    assert (caught.value.transient, caught.value.code) == (False, CONTENT_MODERATED)
     assert len(xai.calls("POST /v1/images/generations")) == 1
 
 
@@ -112,7 +136,13 @@ async def test_bad_key_is_permanent_and_never_logged(grok_settings, xai, caplog)
             await provider.character_profile(AvatarSpec(name="A", age=30, seed=1))
     finally:
         await provider.aclose()
-    assert not caught.value.transient and "Incorrect API key" in caught.value.message
+    error = caught.value
+    # xAI answers a wrong key with 400 "Incorrect API key provided": a credential error, not a
+    # bad request. Operators read xAI's text in the log; users get a generic message.
+    assert (error.transient, error.status, error.code) == (False, 400, CREDENTIALS)
+    assert "Incorrect API key" not in error.message and error.user_message == SERVICE_TROUBLE
+    assert "Incorrect API key provided" in caplog.text
+    assert len(xai.calls("POST /v1/chat/completions")) == 1
     assert "xai-wrong-key-0123456789" not in caplog.text and xai.api_key not in caplog.text
 
 
@@ -142,18 +172,19 @@ async def test_video_is_polled_until_done_and_downloaded(grok, xai) -> None:
     assert states[-1].data[4:8] == b"ftyp"
 
 
-@pytest.mark.parametrize(("outcome", "state", "error"), [
-    ("failed", "failed", "Video generation failed: out of capacity"),
-    ("expired", "expired", "expired"),
-    ("withheld", "failed", "moderation"),
+@pytest.mark.parametrize(("outcome", "state", "error", "code"), [
+    ("failed", "failed", "Video generation failed: out of capacity", "provider_unavailable"),
+    ("expired", "expired", "expired", "provider_unavailable"),
+    ("withheld", "failed", "moderation", CONTENT_MODERATED),
 ])
-async def test_video_failures_come_back_as_states(grok, xai, outcome, state, error) -> None:
+async def test_video_failures_come_back_as_states(grok, xai, outcome, state, error, code) -> None:
     xai.video_polls_before_done = 0
     xai.video_outcome = outcome
     request_id = await grok.start_video(prompt="waves", seed=1, duration_seconds=3, image_url="https://img/x.jpg")
     assert xai.calls("POST /v1/videos/generations")[0].body["image"] == {"url": "https://img/x.jpg"}
     status = await grok.poll_video(request_id)
     assert status.state == state and error in status.error and status.data is None
+    assert status.code == code
 
 
 async def test_video_poll_5xx_is_retried_and_unknown_ids_are_permanent(grok, xai) -> None:
@@ -177,7 +208,124 @@ async def test_refused_credentials_do_not_reach_users(grok_settings, xai, caplog
             await provider.generate_image(prompt="a lake", seed=1)
     finally:
         await provider.aclose()
-    assert refused.value.transient is False
+    assert refused.value.transient is False and refused.value.code == CREDENTIALS
     assert xai.api_key[:12] not in refused.value.message  # what users see
+    assert xai.api_key[:12] not in refused.value.user_message
     assert "refused this service's credentials" in refused.value.message
     assert any(xai.api_key[:12] in r.getMessage() for r in caplog.records)  # what operators see
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_and_403_are_credential_errors(grok, xai, status) -> None:
+    xai.fail("POST /v1/chat/completions", status, error="Your API key or team is blocked")
+    with pytest.raises(ProviderError) as caught:
+        await grok.enhance_prompt(prompt="x", kind="image", profile=None)
+    assert (caught.value.transient, caught.value.code) == (False, CREDENTIALS)
+    assert caught.value.user_message == SERVICE_TROUBLE
+    assert len(xai.calls("POST /v1/chat/completions")) == 1
+
+
+@pytest.mark.parametrize("status", [429, 403])
+async def test_used_up_credits_are_permanent_and_hidden(grok, xai, caplog, status) -> None:
+    xai.fail_no_credits("POST /v1/images/generations", status=status, times=5)
+    with pytest.raises(ProviderError) as caught:
+        await grok.generate_image(prompt="x", seed=1)
+    error = caught.value
+    assert (error.transient, error.status, error.code) == (False, status, QUOTA_EXHAUSTED)
+    assert xai.team_id not in error.message and xai.team_id not in error.user_message
+    assert "spending limit" in caplog.text  # operators are told what to fix
+    assert len(xai.calls("POST /v1/images/generations")) == 1  # never retried
+
+
+async def test_rate_limits_back_off_without_retry_after(grok_settings, xai) -> None:
+    provider = GrokProvider(grok_settings, backoff_seconds=0.05)
+    xai.fail("POST /v1/images/generations", 429, times=2, error=RATE_LIMIT)  # no Retry-After
+    try:
+        image = await provider.generate_image(prompt="x", seed=1)
+    finally:
+        await provider.aclose()
+    assert image.data[:3] == b"\xff\xd8\xff"
+    first, second, third = (c.at for c in xai.calls("POST /v1/images/generations"))
+    # Jittered exponential backoff, doubled for rate limits: 0.1 s +-25 %, then 0.2 s +-25 %.
+    assert second - first >= 0.075 and third - second >= 0.15
+
+
+async def test_rate_limits_past_the_retries_stay_transient(grok, xai) -> None:
+    xai.fail("POST /v1/chat/completions", 429, times=10, error=RATE_LIMIT)
+    with pytest.raises(ProviderError) as caught:
+        await grok.enhance_prompt(prompt="x", kind="image", profile=None)
+    assert (caught.value.transient, caught.value.code) == (True, RATE_LIMITED)
+    assert len(xai.calls("POST /v1/chat/completions")) == grok.max_attempts
+
+
+async def test_a_moderation_block_fails_once_with_its_own_code(grok, xai) -> None:
+    xai.image_block_reason = "The generated image was flagged by our moderation system"
+    with pytest.raises(ProviderError) as caught:
+        await grok.generate_image(prompt="x", seed=1)
+    error = caught.value
+    assert (error.transient, error.code) == (False, CONTENT_MODERATED)
+    assert "moderation" in error.user_message
+    assert len(xai.calls("POST /v1/images/generations")) == 1
+
+
+async def test_a_retired_model_is_refused_like_xai_does(grok_settings, xai, caplog) -> None:
+    retired = grok_settings.model_copy(update={"grok_chat_model": "grok-4-fast-non-reasoning"})
+    provider = GrokProvider(retired, backoff_seconds=0.01)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await provider.enhance_prompt(prompt="x", kind="image", profile=None)
+    finally:
+        await provider.aclose()
+    assert (caught.value.transient, caught.value.status, caught.value.code) == (False, 404, MODEL_MISSING)
+    assert caught.value.user_message == SERVICE_TROUBLE
+    assert "grok-4-fast-non-reasoning does not exist" in caplog.text
+
+
+async def test_model_check_finds_every_configured_model(grok) -> None:
+    assert grok.model_status()["status"] == "unchecked"
+    status = await grok.check_models()
+    assert status["status"] == "ok" and status == grok.model_status()
+    assert status["models"] == {"chat": grok.chat_model, "image": "grok-imagine-image",
+                                "video": "grok-imagine-video"}
+
+
+async def test_model_check_names_a_missing_model_and_never_raises(grok_settings, xai, caplog) -> None:
+    retired = grok_settings.model_copy(update={"grok_chat_model": "grok-4-fast-non-reasoning"})
+    provider = GrokProvider(retired, backoff_seconds=0.01)
+    try:
+        status = await provider.check_models()
+    finally:
+        await provider.aclose()
+    assert status["status"] == "missing_models"
+    assert status["missing"] == {"chat": "grok-4-fast-non-reasoning"}
+    assert any(r.levelname == "ERROR" and "grok-4-fast-non-reasoning" in r.getMessage()
+               and "GROK_CHAT_MODEL" in r.getMessage() for r in caplog.records)
+
+    unreachable = grok_settings.model_copy(update={"grok_base_url": "http://127.0.0.1:9/v1"})
+    provider = GrokProvider(unreachable, backoff_seconds=0.01)
+    try:
+        status = await provider.check_models()
+    finally:
+        await provider.aclose()
+    assert status["status"] == "unverified"
+
+
+async def test_health_shows_a_missing_model_without_failing(grok_settings, xai) -> None:
+    retired = grok_settings.model_copy(update={"grok_chat_model": "grok-4-fast-non-reasoning"})
+    server = await start_app(retired)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            health = await api.get("/health")
+            if health.body["providers"]["ai"]["status"] != "unchecked":
+                break
+            assert asyncio.get_running_loop().time() < deadline, health
+            await asyncio.sleep(0.05)
+        assert health.status == 200 and health.body["status"] == "ok"  # the load balancer's view
+        assert health.body["providers"]["ai"]["status"] == "missing_models"
+        assert health.body["providers"]["ai"]["missing"] == {"chat": "grok-4-fast-non-reasoning"}
+        assert len(xai.calls("GET /v1/models")) == 1
+    finally:
+        await api.close()
+        await server.close()

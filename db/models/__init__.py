@@ -2,7 +2,7 @@
 
 from db.models.activity import ActivityEvent
 from db.models.avatars import Avatar
-from db.models.billing import StripeEvent, SubscriptionPlan, UserSubscription
+from db.models.billing import BillingOperation, StripeEvent, SubscriptionPlan, UserSubscription
 from db.models.content import GeneratedContent
 from db.models.credits import CreditTransaction, UserCredits
 from db.models.events import UserEvent
@@ -11,7 +11,7 @@ from db.models.usage import AvatarUsageHour, UsageBucket
 from db.models.users import AuthToken, RefreshToken, User
 
 __all__ = [
-    "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "CreditTransaction", "GeneratedContent",
-    "IdempotencyKey", "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket", "User",
-    "UserCredits", "UserEvent", "UserSubscription",
+    "ActivityEvent", "Avatar", "AvatarUsageHour", "AuthToken", "BillingOperation", "CreditTransaction",
+    "GeneratedContent", "IdempotencyKey", "RefreshToken", "StripeEvent", "SubscriptionPlan", "UsageBucket",
+    "User", "UserCredits", "UserEvent", "UserSubscription",
 ]

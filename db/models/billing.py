@@ -79,7 +79,11 @@ class UserSubscription(Base):
 
 
 class StripeEvent(Base):
-    """Each Stripe event id is applied once: the insert is the lock."""
+    """Each Stripe event id is applied once: the insert is the lock.
+
+    An event that cannot be applied yet (its customer, subscription or price is unknown
+    here) is `parked` and retried until `retry_at` says so, then `processed` or `dropped`.
+    """
 
     __tablename__ = "stripe_events"
 
@@ -89,3 +93,48 @@ class StripeEvent(Base):
     payload: Mapped[dict] = mapped_column(JSONB, nullable=False)
     result: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime] = created_at()
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="processed")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    retry_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    customer_id: Mapped[str | None] = mapped_column(String(255))  # of data.object, for retries
+    api_version: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('processed', 'parked', 'dropped')", name="status"),
+        Index("ix_stripe_events_parked", "retry_at", postgresql_where=text("status = 'parked'")),
+        Index("ix_stripe_events_parked_customer", "customer_id",
+              postgresql_where=text("status = 'parked'")),
+    )
+
+
+class BillingOperation(Base):
+    """One billing change a user asked for (subscribe, change plan, cancel, buy a pack).
+
+    Written before the payment provider is called and finished after, in separate
+    transactions; its id (or the client's Idempotency-Key) makes the provider's
+    idempotency keys, so a re-run after a crash maps to the same provider objects.
+    At most one is pending per user: the next waits, or takes over a stale one.
+    """
+
+    __tablename__ = "billing_operations"
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    )
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    params: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default="{}")
+    request_key: Mapped[str | None] = mapped_column(String(64))  # sha256 of the Idempotency-Key
+    status: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="1")
+    result: Mapped[dict | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = created_at()
+    updated_at: Mapped[datetime] = updated_at()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'done', 'failed')", name="status"),
+        Index("uq_billing_operations_pending_user", "user_id", unique=True,
+              postgresql_where=text("status = 'pending'")),
+    )

@@ -44,6 +44,7 @@ class GeneratedContent(Base):
     storage_key: Mapped[str | None] = mapped_column(String(512))
     thumbnail_key: Mapped[str | None] = mapped_column(String(512))
     error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(64))  # e.g. content_moderated, provider_error
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     provider_request_id: Mapped[str | None] = mapped_column(String(255))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

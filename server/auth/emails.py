@@ -1,5 +1,5 @@
-"""The texts of account emails. Links point at the frontend when FRONTEND_URL is set, and
-always include the API form, so `lustify dev` users can follow them with curl."""
+"""The texts of account emails. Links open the studio's pages (or FRONTEND_URL's) with the
+token in the fragment, which browsers never send to a server; the API form follows."""
 
 from __future__ import annotations
 
@@ -20,18 +20,15 @@ def verification(settings: Settings, *, to: str, token: str) -> Message:
     api = f"{settings.base_url}/api/auth/verify-email/{quote(token)}"
     lines = ["Welcome to Lustify!", "",
              "Confirm your email address by opening this link (valid for 24 hours, usable once):"]
-    if settings.frontend_url:
-        lines += [f"{settings.frontend_url.rstrip('/')}/verify-email?token={quote(token)}", "",
-                  "Or call the API directly:"]
-    lines += [api, "", "If you did not sign up, ignore this email."]
+    lines += [f"{settings.studio_url}/verify-email#token={quote(token)}", "",
+              "Or call the API directly:", api, "", "If you did not sign up, ignore this email."]
     return Message(to, "Verify your Lustify email address", "\n".join(lines) + "\n")
 
 
 def password_reset(settings: Settings, *, to: str, token: str) -> Message:
     lines = ["Someone asked to reset the password of this Lustify account.", ""]
-    if settings.frontend_url:
-        lines += ["Choose a new password here (valid for 1 hour, usable once):",
-                  f"{settings.frontend_url.rstrip('/')}/reset-password?token={quote(token)}", ""]
+    lines += ["Choose a new password here (valid for 1 hour, usable once):",
+              f"{settings.studio_url}/reset-password#token={quote(token)}", ""]
     lines += [f"Reset token (valid for 1 hour, usable once): {token}",
               f"API: POST {settings.base_url}/api/auth/reset-password "
               '{"token": "<the token>", "password": "<new password>"}', "",

@@ -64,6 +64,22 @@ async def avatar_row(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uu
     return (await session.execute(_owned(user_id, avatar_id))).mappings().one_or_none()
 
 
+_SCREENED_FIELDS = Query(
+    select(Avatar.name, Avatar.age, Avatar.description, cast(Avatar.appearance, Text).label("appearance"),
+           Avatar.personality, Avatar.style, Avatar.updated_at)
+    .where(Avatar.id == bindparam("avatar_id"), Avatar.user_id == bindparam("user_id"))
+)
+
+
+async def screened_fields(reader: asyncpg.Connection, *, user_id: uuid.UUID,
+                          avatar_id: uuid.UUID) -> dict[str, Any] | None:
+    """The avatar's own words (what the content policy judges) and its version, or None."""
+    row = await _SCREENED_FIELDS.fetchrow(reader, user_id=user_id, avatar_id=avatar_id)
+    if row is None:
+        return None
+    return {**dict(row), "appearance": orjson.loads(row["appearance"]) if row["appearance"] else {}}
+
+
 async def avatar_row_by_id(session: AsyncSession, avatar_id: uuid.UUID) -> Mapping[str, Any] | None:
     """An avatar whoever owns it (jobs), with its user_id."""
     stmt = select(*AVATAR_COLUMNS, Avatar.user_id).where(Avatar.id == avatar_id)

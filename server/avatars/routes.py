@@ -39,12 +39,13 @@ async def list_avatars(request: web.Request, reader: asyncpg.Connection, user: C
 
 
 @routes.post("/api/avatars", body=AvatarCreateIn, response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 422), idempotent=True)
+             errors=(402, 403, 422, 503), idempotent=True)
 async def create_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
                         body: AvatarCreateIn) -> dict:
     """Create an avatar (10 credits); its profile and thumbnail are made by a job."""
     res = request.app[keys.resources]
-    return await service.create_avatar(session, user=user, data=body, storage=res.storage, queue=res.queue)
+    return await service.create_avatar(session, user=user, data=body, storage=res.storage, queue=res.queue,
+                                       moderator=res.moderator)
 
 
 @routes.get("/api/avatars/limit", response=AvatarLimitOut)
@@ -66,12 +67,13 @@ async def get_avatar(request: web.Request, session: AsyncSession, user: CurrentU
                                     storage=request.app[keys.resources].storage)
 
 
-@routes.put(AVATAR, body=AvatarUpdateIn, response=AvatarOut, errors=(404, 422))
+@routes.put(AVATAR, body=AvatarUpdateIn, response=AvatarOut, errors=(404, 409, 422, 503))
 async def update_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
                         body: AvatarUpdateIn) -> dict:
-    """Change an avatar's name, age, description, appearance, personality or style."""
+    """Change an avatar's name, age, description, appearance, personality or style (screened again)."""
+    res = request.app[keys.resources]
     return await service.update_avatar(session, user_id=user.id, avatar_id=_avatar_id(request), data=body,
-                                       storage=request.app[keys.resources].storage)
+                                       storage=res.storage, readers=res.reader, moderator=res.moderator)
 
 
 @routes.delete(AVATAR, status=204, errors=(404,))

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.models import Avatar, CreditTransaction
 from db.session import after_commit
-from server import activity, moderation
+from server import activity
 from server.adapters.storage.base import Storage, avatar_thumbnail_key
 from server.auth.current_user import CurrentUser
 from server.avatars import queries
@@ -26,13 +26,15 @@ from server.credits import ledger
 from server.credits.account import lock_account
 from server.credits.costs import cost_of
 from server.errors import AvatarLimitReached, Conflict, NotFound
+from server.moderation import Moderator
 from server.queueing import enqueue
 from server.realtime import outbox
 from server.realtime.events import AvatarUpdated
 
 log = logging.getLogger(__name__)
 MAKE_AVATAR_JOB = "make_avatar"
-_SCREENED = ("name", "description", "appearance", "personality", "style")
+_SCREENED = ("name", "age", "description", "appearance", "personality", "style")
+_SCREENED_KEYS = frozenset(_SCREENED)
 
 
 def charge_key(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
@@ -89,10 +91,11 @@ async def avatar_stats(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str
 
 
 async def create_avatar(session: AsyncSession, *, user: CurrentUser, data: AvatarCreateIn,
-                        storage: Storage, queue: ArqRedis) -> dict[str, Any]:
+                        storage: Storage, queue: ArqRedis, moderator: Moderator) -> dict[str, Any]:
     """Insert the avatar (creating) and charge for it in one transaction; the job does the rest."""
     user.require_verified()
-    moderation.screen(user_id=user.id, context="avatar", fields=data.model_dump(include=set(_SCREENED)))
+    # Before any statement: the classifier call must not hold a connection or a transaction.
+    await moderator.screen(user_id=user.id, context="avatar", fields=_screened(data.model_dump()))
     await lock_account(session, user_id=user.id)  # also: two creates never see one free slot
     limits = await avatar_limit(session, user_id=user.id)
     if limits["remaining"] <= 0:
@@ -117,23 +120,38 @@ async def create_avatar(session: AsyncSession, *, user: CurrentUser, data: Avata
 
 
 async def update_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,
-                        data: AvatarUpdateIn, storage: Storage) -> dict[str, Any]:
-    """Change the avatar's details (screened); its generated profile stays fixed."""
+                        data: AvatarUpdateIn, storage: Storage, readers: asyncpg.Pool,
+                        moderator: Moderator) -> dict[str, Any]:
+    """Change the avatar's details, screened as the avatar they make; its generated profile stays fixed."""
     changes = data.model_dump(exclude_unset=True)
-    moderation.screen(user_id=user_id, context="avatar",
-                      fields={k: v for k, v in changes.items() if k in _SCREENED})
     if "appearance" in changes and changes["appearance"] is None:
         changes["appearance"] = {}
+    stmt = update(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
+    if _SCREENED_KEYS & changes.keys():
+        # The whole avatar after the change is judged (a minor in the old description and
+        # lingerie in the new style). It is read on a reader connection given back before
+        # the classifier call and before this transaction's first statement, so the call
+        # holds no connection; the update applies only to the version that was judged.
+        async with readers.acquire() as reader:
+            current = await queries.screened_fields(reader, user_id=user_id, avatar_id=avatar_id)
+        if current is None:
+            raise NotFound("Avatar not found")
+        await moderator.screen(user_id=user_id, context="avatar", fields=_screened({**current, **changes}))
+        stmt = stmt.where(Avatar.updated_at == current["updated_at"])
     await lock_account(session, user_id=user_id)
-    updated = (await session.execute(
-        update(Avatar).where(Avatar.id == avatar_id, Avatar.user_id == user_id)
-        .values(**changes).returning(Avatar.id)
-    )).scalar_one_or_none()
+    updated = (await session.execute(stmt.values(**changes).returning(Avatar.id))).scalar_one_or_none()
     if updated is None:
-        raise NotFound("Avatar not found")
+        if await queries.avatar_row(session, user_id=user_id, avatar_id=avatar_id) is None:
+            raise NotFound("Avatar not found")
+        raise Conflict("The avatar changed while this update was being checked; send it again")
     avatar = await get_avatar(session, user_id=user_id, avatar_id=avatar_id, storage=storage)
     outbox.emit(session, user_id, AvatarUpdated(avatar=avatar))
     return avatar
+
+
+def _screened(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of an avatar that reach a model, the age among them (it is stated to the model)."""
+    return {key: values.get(key) for key in _SCREENED}
 
 
 async def delete_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID,

@@ -44,13 +44,14 @@ async def get_subscription(session: AsyncSession, user: CurrentUser) -> dict:
     return await service.current(session, user_id=user.id)
 
 
+# Billing writes take no `session`: the service keeps provider calls out of transactions.
 @routes.post("/api/subscriptions", body=PlanChoiceIn, response=CreatedOut, status=201,
-             errors=(409, 503), idempotent=True)
-async def subscribe(request: web.Request, session: AsyncSession, user: CurrentUser,
-                    body: PlanChoiceIn) -> dict:
+             errors=(403, 409, 503), idempotent=True)
+async def subscribe(request: web.Request, user: CurrentUser, body: PlanChoiceIn,
+                    idempotency_key: str | None = None) -> dict:
     """Subscribe to a paid plan; confirm the first payment with client_secret when given."""
-    billing = request.app[keys.resources].billing
-    return await service.subscribe(session, user_id=user.id, plan_id=body.plan_id, billing=billing)
+    return await service.subscribe(request.app[keys.resources], user=user, plan_id=body.plan_id,
+                                   idempotency_key=idempotency_key)
 
 
 @routes.get("/api/subscriptions/history", query=PageQuery, response=SubscriptionPage)
@@ -61,38 +62,40 @@ async def history(session: AsyncSession, user: CurrentUser, query: PageQuery) ->
 
 
 @routes.post("/api/subscriptions/payment-intent", body=PackChoiceIn, response=PaymentIntentOut,
-             status=201, errors=(503,), idempotent=True)
-async def payment_intent(request: web.Request, session: AsyncSession, user: CurrentUser,
-                         body: PackChoiceIn) -> dict:
+             status=201, errors=(403, 409, 503), idempotent=True)
+async def payment_intent(request: web.Request, user: CurrentUser, body: PackChoiceIn,
+                         idempotency_key: str | None = None) -> dict:
     """Buy a credit pack; credits are added when the payment succeeds."""
-    res = request.app[keys.resources]
-    return await service.buy_pack(session, user_id=user.id, pack_id=body.pack_id,
-                                  billing=res.billing, settings=res.settings)
+    return await service.buy_pack(request.app[keys.resources], user=user, pack_id=body.pack_id,
+                                  idempotency_key=idempotency_key)
 
 
 @routes.put("/api/subscriptions/{id}", body=PlanChoiceIn, response=CurrentOut,
-            errors=(404, 409, 503))
-async def change_plan(request: web.Request, session: AsyncSession, user: CurrentUser,
-                      body: PlanChoiceIn) -> dict:
+            errors=(403, 404, 409, 503), idempotent=True)
+async def change_plan(request: web.Request, user: CurrentUser, body: PlanChoiceIn,
+                      idempotency_key: str | None = None) -> dict:
     """Switch to another paid plan (prorated)."""
-    return await service.change_plan(
-        session, user_id=user.id, subscription_id=request.match_info["id"], plan_id=body.plan_id,
-        billing=request.app[keys.resources].billing)
+    return await service.change_plan(request.app[keys.resources], user=user,
+                                     subscription_id=request.match_info["id"], plan_id=body.plan_id,
+                                     idempotency_key=idempotency_key)
 
 
-@routes.post("/api/subscriptions/{id}/cancel", response=CurrentOut, errors=(404, 409, 503))
-async def cancel(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+@routes.post("/api/subscriptions/{id}/cancel", response=CurrentOut, errors=(404, 409, 503), idempotent=True)
+async def cancel(request: web.Request, user: CurrentUser, idempotency_key: str | None = None) -> dict:
     """Cancel at the end of the paid period."""
-    return await service.cancel(session, user_id=user.id, subscription_id=request.match_info["id"],
-                                billing=request.app[keys.resources].billing)
+    return await service.cancel(request.app[keys.resources], user_id=user.id,
+                                subscription_id=request.match_info["id"],
+                                idempotency_key=idempotency_key)
 
 
-@routes.post("/api/subscriptions/{id}/reactivate", response=CurrentOut, errors=(404, 409, 503))
-async def reactivate(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
+@routes.post("/api/subscriptions/{id}/reactivate", response=CurrentOut, errors=(404, 409, 503),
+              idempotent=True)
+async def reactivate(request: web.Request, user: CurrentUser,
+                     idempotency_key: str | None = None) -> dict:
     """Keep a subscription that was set to cancel at period end."""
-    return await service.reactivate(session, user_id=user.id,
+    return await service.reactivate(request.app[keys.resources], user_id=user.id,
                                     subscription_id=request.match_info["id"],
-                                    billing=request.app[keys.resources].billing)
+                                    idempotency_key=idempotency_key)
 
 
 @routes.post("/api/subscriptions/webhook", response=WebhookOut, auth=False, rate_limit=None,
@@ -102,4 +105,5 @@ async def stripe_webhook(request: web.Request, session: AsyncSession) -> dict:
     payload = await request.read()
     return await webhooks.receive(session, payload=payload,
                                   signature=request.headers.get("Stripe-Signature"),
-                                  settings=request.app[keys.resources].settings)
+                                  settings=request.app[keys.resources].settings,
+                                  metrics=request.app[keys.metrics])

@@ -84,3 +84,4 @@ class WebhookOut(Output):
     received: bool
     duplicate: bool
     result: str | None
+    parked: bool = False  # cannot apply yet (unknown customer or price): retried later

@@ -2,9 +2,13 @@
 is told. The one path for Stripe webhooks and for the local gateway's immediate effects.
 
 Facts can arrive late, twice or out of order (webhooks race the API response and each
-other), so a subscription row only moves forward: events older than the newest one
-applied are skipped, periods never move back, canceled is final, and nothing returns
-to incomplete. Credits are granted through the ledger with keys of the provider's ids.
+other), so a subscription row only moves forward: an event whose Stripe `created` is
+older than that of the newest event applied to the row is skipped (Stripe's clock only,
+never ours), an answer to our own call is skipped once a webhook has moved the row since
+the call began, periods never move back, canceled is final, and nothing returns to
+incomplete. A fact that cannot apply yet (unknown user, subscription or price) raises
+Deferred: nothing is written and the webhook path parks it for a later try. Credits are
+granted through the ledger with keys of the provider's ids.
 """
 
 from __future__ import annotations
@@ -37,6 +41,22 @@ _ROW = (*SUBSCRIPTION_COLUMNS, UserSubscription.user_id, UserSubscription.stripe
         UserSubscription.ended_at, UserSubscription.last_event_at)
 _TRACKED = ("status", "plan_id", "cancel_at_period_end", "current_period_start",
             "current_period_end", "canceled_at", "ended_at")
+
+
+class Deferred(Exception):
+    """The fact cannot be applied yet: its user, subscription or price is unknown here."""
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NO_ROW: Any = _Marker("NO_ROW")  # `seen` for an answer about a subscription we had no row for
+UNGUARDED: Any = _Marker("UNGUARDED")  # a fact of a provider with no webhooks (local billing)
 
 
 @dataclass(frozen=True)
@@ -117,11 +137,15 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max((x for x in (a, b) if x is not None), default=None)
 
 
-def _skip_reason(existing: dict[str, Any], state: SubscriptionState, event_at: datetime) -> str | None:
+def _skip_reason(existing: dict[str, Any], state: SubscriptionState, event_at: datetime | None,
+                 seen: Any) -> str | None:
     if existing["status"] in FINAL_STATUSES:
         return f"subscription already {existing['status']}"
-    if existing["last_event_at"] is not None and event_at < existing["last_event_at"]:
+    if event_at is not None and existing["last_event_at"] is not None and event_at < existing["last_event_at"]:
         return "older than the state already applied"
+    if event_at is None and seen is not UNGUARDED and (seen is NO_ROW or existing["last_event_at"] != seen):
+        # A webhook moved the row while our call ran: its state is ordered by Stripe, ours is not.
+        return "a newer webhook was applied while the call ran"
     if state.status == "incomplete" and existing["status"] != "incomplete":
         return "a subscription never returns to incomplete"
     return None
@@ -144,21 +168,24 @@ async def _make_room(session: AsyncSession, *, user_id: uuid.UUID, provider_id: 
 
 
 async def apply_subscription(
-    session: AsyncSession, *, state: SubscriptionState, event_at: datetime,
-    user_id: uuid.UUID | None = None,
-) -> Applied | None:
-    """Bring our row for this provider subscription up to `state`; None if it is not ours."""
+    session: AsyncSession, *, state: SubscriptionState, event_at: datetime | None,
+    user_id: uuid.UUID | None = None, seen: Any = UNGUARDED,
+) -> Applied:
+    """Bring our row for this provider subscription up to `state`.
+
+    `event_at` is the Stripe event's `created`; None for the answer to our own call, with
+    `seen` the row's last_event_at when the call began (NO_ROW if there was none).
+    Raises Deferred when the subscription's user or price is unknown here."""
     user_id = await resolve_user(session, user_id=user_id or state.user_id,
                                  customer_id=state.customer_id, subscription_id=state.provider_id)
     if user_id is None:
-        return None
+        raise Deferred(f"subscription {state.provider_id} belongs to no known user")
     await lock_billing(session, user_id)
-    await link_customer(session, user_id=user_id, customer_id=state.customer_id)
     existing = await subscription_row(session, provider_id=state.provider_id, lock=True)
     plan = await _plan_of(session, state, existing["plan_id"] if existing else None)
     if plan is None:
-        log.warning("subscription %s has an unknown price %s", state.provider_id, state.price_id)
-        return None
+        raise Deferred(f"subscription {state.provider_id} has an unknown price {state.price_id}")
+    await link_customer(session, user_id=user_id, customer_id=state.customer_id)
     values = {
         "status": state.status, "plan_id": plan["id"],
         "cancel_at_period_end": state.cancel_at_period_end,
@@ -171,7 +198,7 @@ async def apply_subscription(
         if live and not await _make_room(session, user_id=user_id, provider_id=state.provider_id):
             log.error("user %s already has a paid subscription; %s not recorded", user_id,
                       state.provider_id)
-            return None
+            raise Deferred(f"user {user_id} already has a paid subscription")
         new_id = (await session.execute(insert(UserSubscription).values(
             user_id=user_id, stripe_subscription_id=state.provider_id,
             stripe_customer_id=state.customer_id, last_event_at=event_at, **values,
@@ -180,7 +207,7 @@ async def apply_subscription(
         assert row is not None
         await _announce_change(session, before=None, after=row, plan=plan)
         return Applied(row, True, "created")
-    skip = _skip_reason(existing, state, event_at)
+    skip = _skip_reason(existing, state, event_at, seen)
     if skip is not None:
         return Applied(existing, False, f"skipped: {skip}")
     values["current_period_start"] = _later(existing["current_period_start"], state.current_period_start)
@@ -191,7 +218,7 @@ async def apply_subscription(
             and not await _make_room(session, user_id=user_id, provider_id=state.provider_id)):
         return Applied(existing, False, "skipped: another paid subscription is live")
     await session.execute(update(UserSubscription).where(UserSubscription.id == existing["id"]).values(
-        last_event_at=_later(existing["last_event_at"], event_at),
+        last_event_at=_later(existing["last_event_at"], event_at),  # Stripe's `created` only
         stripe_customer_id=existing["stripe_customer_id"] or state.customer_id,
         **values,
     ))
@@ -259,14 +286,15 @@ async def record_invoice_paid(session: AsyncSession, *, invoice: InvoiceFact) ->
     user_id = await resolve_user(session, user_id=invoice.user_id, customer_id=invoice.customer_id,
                                  subscription_id=invoice.subscription_id)
     if user_id is None:
-        log.warning("paid invoice %s belongs to no user of ours", invoice.invoice_id)
-        return "ignored: unknown customer"
+        raise Deferred(f"paid invoice {invoice.invoice_id} belongs to no known user")
     row = (await subscription_row(session, provider_id=invoice.subscription_id)
            if invoice.subscription_id else None)
     plan = (await billing_plan(session, price_id=invoice.price_id)
             or await billing_plan(session, plan_id=invoice.plan_id)
             or (await billing_plan(session, plan_id=row["plan_id"]) if row else None))
-    if plan is None or plan["credits_per_period"] <= 0:
+    if plan is None:
+        raise Deferred(f"paid invoice {invoice.invoice_id} is for an unknown price {invoice.price_id}")
+    if plan["credits_per_period"] <= 0:
         return "no grant: no paid plan on the invoice"
     entry = await ledger.grant(
         session, user_id=user_id, amount=plan["credits_per_period"],
@@ -282,12 +310,14 @@ async def record_invoice_failed(
     """A failed payment: an active subscription becomes past_due, and the user is told."""
     user_id = await resolve_user(session, user_id=invoice.user_id, customer_id=invoice.customer_id,
                                  subscription_id=invoice.subscription_id)
-    if user_id is None or invoice.subscription_id is None:
-        return "ignored: unknown subscription"
+    if invoice.subscription_id is None:
+        return "ignored: not a subscription invoice"
+    if user_id is None:
+        raise Deferred(f"failed invoice {invoice.invoice_id} belongs to no known user")
     await lock_billing(session, user_id)
     row = await subscription_row(session, provider_id=invoice.subscription_id, lock=True)
     if row is None:
-        return "ignored: subscription not recorded yet"
+        raise Deferred(f"subscription {invoice.subscription_id} is not recorded yet")
     if row["status"] in ("active", "trialing") and (
             row["last_event_at"] is None or event_at >= row["last_event_at"]):
         await session.execute(update(UserSubscription).where(UserSubscription.id == row["id"])
@@ -308,7 +338,7 @@ async def record_pack_paid(session: AsyncSession, *, payment: PackPayment) -> st
     user_id = await resolve_user(session, user_id=payment.user_id, customer_id=None,
                                  subscription_id=None)
     if user_id is None:
-        return "ignored: unknown user"
+        raise Deferred(f"payment {payment.payment_id} belongs to no known user")
     entry = await ledger.grant(
         session, user_id=user_id, amount=payment.credits, type="purchase",
         key=f"payment_intent:{payment.payment_id}:grant",

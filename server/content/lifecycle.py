@@ -160,7 +160,7 @@ async def complete(session: AsyncSession, *, attempt: Attempt, storage_key: str,
 
 
 async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, attempt: int | None = None,
-               job_id: str | None = None) -> bool:
+               job_id: str | None = None, code: str = "generation_failed") -> bool:
     """queued/processing -> failed, the charge refunded once, the user told."""
     owner = (await session.execute(select(C.user_id).where(C.id == content_id))).scalar_one_or_none()
     if owner is None:
@@ -173,7 +173,8 @@ async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, atte
         where.append(C.job_id == job_id)
     row = (await session.execute(
         update(C).where(*where)
-        .values(status="failed", stage="failed", error=error[:1000], completed_at=sql.now(), deadline_at=None)
+        .values(status="failed", stage="failed", error=error[:1000], error_code=code, completed_at=sql.now(),
+                deadline_at=None)
         .returning(C.user_id, C.type, C.charge_key)
     )).one_or_none()
     if row is None:
@@ -185,7 +186,7 @@ async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, atte
                           message=f"{kind} generation failed: {error[:200]}",
                           data={"content_id": str(content_id), "refunded": refunded})
     outbox.emit(session, row.user_id, GenerationFailed(content_id=content_id, error=error[:1000],
-                                                       refunded=refunded))
+                                                       refunded=refunded, code=code))
     return True
 
 

@@ -15,7 +15,7 @@ from server.errors import NotFound
 COLUMNS = (
     C.id, C.user_id, C.avatar_id, C.type, C.status, C.progress, C.stage, C.prompt,
     C.enhanced_prompt, C.quality, C.params, C.credits_cost, C.storage_key, C.thumbnail_key,
-    C.error, C.attempts, C.created_at, C.started_at, C.completed_at, C.updated_at,
+    C.error, C.error_code, C.attempts, C.created_at, C.started_at, C.completed_at, C.updated_at,
 )
 UNFINISHED = ("queued", "processing")
 

@@ -44,23 +44,23 @@ async def content_stats(session: AsyncSession, user: CurrentUser) -> dict:
 
 
 @routes.post("/api/content/generate/image", body=GenerateImageIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 503), idempotent=True)
 async def generate_image(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateImageIn) -> dict:
     """Queue an image generation (charged now, refunded if it fails)."""
     res = request.app[keys.resources]
     return await service.create_generation(session, user=user, request=body, queue=res.queue,
-                                           storage=res.storage)
+                                           storage=res.storage, moderator=res.moderator)
 
 
 @routes.post("/api/content/generate/video", body=GenerateVideoIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 503), idempotent=True)
 async def generate_video(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateVideoIn) -> dict:
     """Queue a video generation, optionally animating one of your completed images."""
     res = request.app[keys.resources]
     return await service.create_generation(session, user=user, request=body, queue=res.queue,
-                                           storage=res.storage)
+                                           storage=res.storage, moderator=res.moderator)
 
 
 @routes.get("/api/content/{content_id}", response=ContentOut, errors=(404,))

@@ -128,8 +128,8 @@ class GenerationRun:
             session, attempt=self.attempt, storage_key=storage_key, thumbnail_key=thumbnail_key,
             storage=self.res.storage))
 
-    async def fail(self, error: str) -> None:
-        await fail_generation(self.res, content_id=self.content_id, error=error,
+    async def fail(self, error: str, *, code: str = "generation_failed") -> None:
+        await fail_generation(self.res, content_id=self.content_id, error=error, code=code,
                               attempt=self.attempt.number if self.attempt else None, job_id=self.job_id)
 
     async def hand_back(self, stage: str, *, counts: bool) -> bool:
@@ -165,6 +165,7 @@ class GenerationRun:
         if prompt is None:
             await self.step("enhancing_prompt", 10)
             prompt = await ai.enhance_prompt(prompt=row["prompt"], kind=row["type"], profile=profile)
+            await self.res.moderator.screen_enhanced_prompt(prompt, user_id=row["user_id"])
             await self.step("enhancing_prompt", 20, enhanced_prompt=prompt)
         params = row["params"]
         stamp = int(time.time() * 1000)
@@ -207,7 +208,9 @@ class GenerationRun:
             if status.state == "done" and status.data:
                 return status.data
             if status.state in ("failed", "expired"):
-                raise ProviderError(status.error or f"video generation {status.state}", transient=False)
+                error = status.error or f"video generation {status.state}"
+                raise ProviderError(error, transient=False, code=status.code or "provider_error",
+                                    user_message=error)
             progress = 35 + int(0.5 * (status.progress or 0))
             await self.step("rendering", min(progress, 85))
             await asyncio.sleep(self.settings.video_poll_interval_seconds)
@@ -255,10 +258,11 @@ class GenerationRun:
             return Result("discarded")
         except ProviderError as exc:
             await self.discard_files()
+            log.warning("generation %s: provider %s (%s)", self.content_id, exc.code, exc.message)
             if exc.transient and self.attempt.number < self.settings.generation_max_attempts:
                 await self.hand_back("retrying", counts=True)
                 return Result("retry", self.backoff())
-            await self.fail(exc.message)
+            await self.fail(exc.user_message, code=exc.code)  # users see only what may be shown
             return Result("failed")
         except asyncio.CancelledError:
             await self.discard_files()
@@ -267,7 +271,7 @@ class GenerationRun:
             if self.attempt is None:
                 raise
             if not stopping() and time.monotonic() - self.started >= self.timeout - 1:
-                await asyncio.shield(self.fail("The generation timed out"))
+                await asyncio.shield(self.fail("The generation timed out", code="timed_out"))
                 raise
             # A worker shutdown: hand the row back, uncounted, for another worker at once
             # (if the database is away too, the lease runs out and the sweep takes over).
@@ -296,9 +300,9 @@ class GenerationRun:
                 await asyncio.gather(heartbeat, return_exceptions=True)
 
 
-async def fail_generation(res: Resources, *, content_id: uuid.UUID, error: str,
+async def fail_generation(res: Resources, *, content_id: uuid.UUID, error: str, code: str = "generation_failed",
                           attempt: int | None = None, job_id: str | None = None) -> bool:
     """processing/queued -> failed, the charge refunded once, the user told."""
     return await lifecycle.persist(res.sessionmaker, lambda session: lifecycle.fail(
-        session, content_id=content_id, error=error, attempt=attempt, job_id=job_id),
+        session, content_id=content_id, error=error, code=code, attempt=attempt, job_id=job_id),
         patience=res.settings.generation_db_patience_seconds)

@@ -54,6 +54,7 @@ class ContentOut(BaseModel):
     url: str | None
     thumbnail_url: str | None
     error: str | None
+    error_code: str | None = None  # a stable name for the failure, e.g. content_moderated
     attempts: int
     created_at: datetime
     started_at: datetime | None

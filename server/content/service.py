@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.models import Avatar
 from db.models import GeneratedContent as C
 from db.session import after_commit
-from server import activity, moderation
+from server import activity
 from server.adapters.storage import Storage
 from server.auth.current_user import CurrentUser
 from server.content.queries import COLUMNS, UNFINISHED, render
@@ -21,6 +21,7 @@ from server.credits import ledger
 from server.credits.account import lock_account
 from server.credits.costs import cost_of
 from server.errors import Conflict, NotFound
+from server.moderation import Moderator, screen
 from server.queueing import enqueue
 from server.realtime import outbox
 from server.realtime.events import GenerationProgress
@@ -69,11 +70,12 @@ async def _own_completed_image(session: AsyncSession, *, user_id: uuid.UUID, con
 
 async def create_generation(
     session: AsyncSession, *, user: CurrentUser, request: GenerateImageIn | GenerateVideoIn,
-    queue: ArqRedis, storage: Storage,
+    queue: ArqRedis, storage: Storage, moderator: Moderator,
 ) -> dict[str, Any]:
     """Insert the content (queued) and charge for it in this transaction; the job follows commit."""
     user.require_verified()
-    moderation.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
+    # First, before any statement: the classifier call must not hold a connection or transaction.
+    await moderator.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
     kind = "video" if isinstance(request, GenerateVideoIn) else "image"
     if request.avatar_id is not None:
         await _own_usable_avatar(session, user_id=user.id, avatar_id=request.avatar_id)
@@ -160,6 +162,8 @@ async def retry(
     """Failed or canceled -> queued again, charged again under a new key."""
     user.require_verified()
     row = await _lock(session, user_id=user.id, content_id=content_id)
+    # The prompt was screened when it was first sent; the rules may have grown since.
+    screen(user_id=user.id, context="prompt", fields={"prompt": row["prompt"]})
     if row["status"] not in ("failed", "canceled"):
         raise Conflict(f"Only failed or canceled content can be retried; this is {row['status']}")
     round_ = int(row["params"].get("retries", 0)) + 1

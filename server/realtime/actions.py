@@ -106,7 +106,8 @@ async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
 
     async def work() -> dict[str, Any]:
         return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
-                                                       queue=res.queue, storage=res.storage)
+                                                       queue=res.queue, storage=res.storage,
+                                                       moderator=res.moderator)
 
     if key is None:
         return await work()

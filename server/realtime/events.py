@@ -30,6 +30,7 @@ class GenerationFailed(Event):
     content_id: uuid.UUID
     error: str
     refunded: int
+    code: str = "generation_failed"  # e.g. content_moderated, provider_error, timed_out
 
 
 class CreditsUpdated(Event):

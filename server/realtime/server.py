@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from socketio.exceptions import ConnectionRefusedError as Refused
@@ -47,6 +48,19 @@ JOIN user_credits c ON c.user_id = u.id WHERE c.event_seq > u.seen
 
 
 
+def allowed_origin(listed: list[str]) -> Any:
+    """Origins a browser may open a socket from: the listed ones, and the app's own (the studio)."""
+    allowed = set(listed)
+
+    def check(origin: str | None, environ: Mapping[str, Any]) -> bool:
+        if origin is None or origin in allowed:
+            return True
+        host = environ.get("HTTP_HOST")
+        return bool(host) and urlsplit(origin).netloc == host
+
+    return check
+
+
 class Realtime:
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
@@ -56,7 +70,7 @@ class Realtime:
             async_mode="aiohttp",
             client_manager=self.manager,
             json=OrjsonCodec,
-            cors_allowed_origins=settings.cors_origins,
+            cors_allowed_origins=allowed_origin(settings.cors_origins),
             max_http_buffer_size=settings.socketio_max_message_bytes,
             http_compression=settings.socketio_compression,
             websocket_compression=settings.socketio_compression,

@@ -3,7 +3,9 @@
 It speaks Stripe's wire format (form-encoded bodies with bracketed keys, Bearer secret
 key, Stripe-Version and Idempotency-Key headers, `{"error": {...}}` failures) and
 answers in the pinned API version's object shapes (periods on subscription items,
-invoices with parent.subscription_details and confirmation_secret). What Stripe does
+invoices with parent.subscription_details and confirmation_secret). Idempotency keys
+behave as Stripe documents: the first answer to a key, error or not, is saved and
+replayed; the same key with other parameters is refused with Stripe's idempotency_error. What Stripe does
 on its own (a customer paying, a renewal, a failed charge, a period ending) the test
 triggers; each produces the events Stripe would send, signed the way Stripe signs them
 (`t=<unix>,v1=<hex HMAC-SHA256(secret, f"{t}.{body}")>`) and delivered on request.
@@ -19,7 +21,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -27,7 +29,11 @@ import aiohttp
 from aiohttp import web
 
 API_VERSION = "2026-10-28.endive"
+PRE_BASIL_VERSION = "2025-02-24.acacia"  # the last version before periods moved to items
 MONTH = 30 * 86400
+IDEMPOTENCY_MISMATCH = ("Keys for idempotent requests can only be used with the same parameters "
+                        "they were first used with. Try using a key other than '{key}' if you "
+                        "meant to execute a different request.")
 PRICES = {"price_starter": 999, "price_pro": 2999, "price_enterprise": 9999}
 _ids = itertools.count(1)
 
@@ -70,6 +76,34 @@ def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
     return f"t={t},v1={mac}"
 
 
+def pre_basil(obj: dict) -> dict:
+    """A subscription or invoice as API versions before 2025-03-31.basil shaped it: periods on
+    the subscription, the invoice's subscription and metadata at its top level, line items with
+    `price` and `proration` (no `parent` or `pricing`), no confirmation_secret."""
+    obj = json.loads(json.dumps(obj))
+    if obj.get("object") == "subscription":
+        items = obj["items"]["data"]
+        obj["current_period_start"] = items[0].pop("current_period_start")
+        obj["current_period_end"] = items[0].pop("current_period_end")
+        for item in items[1:]:
+            item.pop("current_period_start", None)
+            item.pop("current_period_end", None)
+    elif obj.get("object") == "invoice":
+        details = (obj.pop("parent", None) or {}).get("subscription_details") or {}
+        obj["subscription"] = details.get("subscription")
+        obj["subscription_details"] = {"metadata": details.get("metadata") or {}}
+        obj.pop("confirmation_secret", None)
+        for line in obj["lines"]["data"]:
+            pricing = line.pop("pricing", None) or {}
+            parent = line.pop("parent", None) or {}
+            item = parent.get("subscription_item_details") or {}
+            line["price"] = {"id": pricing.get("price_details", {}).get("price"), "object": "price"}
+            line["proration"] = bool(item.get("proration"))
+            line["subscription"] = item.get("subscription")
+            line["type"] = "subscription"
+    return obj
+
+
 class StripeFailure(Exception):
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
                  code: str | None = None, param: str | None = None) -> None:
@@ -88,8 +122,12 @@ class FakeStripe:
         self.payment_intents: dict[str, dict] = {}
         self.requests: list[dict] = []  # every API call: method, path, params, headers
         self.pending: list[dict] = []  # events produced, not yet delivered
-        self.idempotent: dict[str, tuple[int, dict]] = {}
+        self.idempotent: dict[str, tuple[str, str, dict, int, dict]] = {}  # key -> request, answer
+        self.webhook_endpoints: dict[str, dict] = {}
         self.failures: list[tuple[str, str, StripeFailure]] = []  # (method, path, failure), once each
+        # Awaited with (method, path) while a request is being answered: what happens meanwhile;
+        # a hook that returns "drop" closes the connection instead of answering.
+        self.during: list[Callable[[str, str], Awaitable[str | None]]] = []
         self.webhook_url: str | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -126,20 +164,30 @@ class FakeStripe:
         self.requests.append({"method": request.method, "path": path, "params": params,
                               "headers": dict(request.headers)})
         key = request.headers.get("Idempotency-Key")
+        headers = {"Request-Id": new_id("req")}
         if request.method == "POST" and key and key in self.idempotent:
-            status, body = self.idempotent[key]
-            return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
-        try:
-            planned = next((f for f in self.failures if (f[0], f[1]) == (request.method, path)), None)
-            if planned is not None:
-                self.failures.remove(planned)
-                raise planned[2]
-            status, body = 200, self._route(request.method, path, params)
-        except StripeFailure as failure:
-            status, body = failure.status, failure.body
-        if request.method == "POST" and key and status == 200:  # refused requests are not saved
-            self.idempotent[key] = (status, body)
-        return web.json_response(body, status=status, headers={"Request-Id": new_id("req")})
+            method, first_path, first_params, status, body = self.idempotent[key]
+            if (method, first_path, first_params) != (request.method, path, params):
+                status, body = 400, StripeFailure(400, IDEMPOTENCY_MISMATCH.format(key=key),
+                                                  type="idempotency_error").body
+            else:
+                headers["Idempotent-Replayed"] = "true"
+        else:
+            try:
+                planned = next((f for f in self.failures if (f[0], f[1]) == (request.method, path)), None)
+                if planned is not None:
+                    self.failures.remove(planned)
+                    raise planned[2]
+                status, body = 200, self._route(request.method, path, params)
+            except StripeFailure as failure:
+                status, body = failure.status, failure.body
+            if request.method == "POST" and key:  # Stripe saves the first answer, errors included
+                self.idempotent[key] = (request.method, path, params, status, body)
+        for hook in self.during:
+            if await hook(request.method, path) == "drop":  # the answer is lost on the way back
+                assert request.transport is not None
+                request.transport.close()
+        return web.json_response(body, status=status, headers=headers)
 
     def _route(self, method: str, path: str, params: dict) -> dict:
         parts = path.strip("/").split("/")
@@ -162,6 +210,8 @@ class FakeStripe:
                 return self._get(self.payment_intents, pid, "payment_intent")
             case "GET", ["invoices", iid]:
                 return self._get(self.invoices, iid, "invoice")
+            case "POST", ["webhook_endpoints"]:
+                return self._create_webhook_endpoint(params)
         raise StripeFailure(404, f"Unrecognized request URL ({method}: /v1/{path})")
 
     @staticmethod
@@ -179,6 +229,20 @@ class FakeStripe:
         self.customers[customer["id"]] = customer
         self.emit("customer.created", customer)
         return customer
+
+    def _create_webhook_endpoint(self, params: dict) -> dict:
+        if not params.get("url") or not params.get("enabled_events"):
+            raise StripeFailure(400, "Missing required param: url or enabled_events.", param="url")
+        version = params.get("api_version")
+        if version is not None and not re.fullmatch(r"\d{4}-\d{2}-\d{2}\.[a-z]+", version):
+            raise StripeFailure(400, f"Invalid api_version: {version}", param="api_version")
+        endpoint = {"id": new_id("we"), "object": "webhook_endpoint", "url": params["url"],
+                    "api_version": version, "enabled_events": params["enabled_events"],
+                    "description": params.get("description"), "status": "enabled",
+                    "secret": f"whsec_{secrets.token_hex(16)}", "created": int(time.time()),
+                    "livemode": False, "metadata": {}}
+        self.webhook_endpoints[endpoint["id"]] = endpoint
+        return endpoint
 
     def _price(self, price_id: str) -> dict:
         if price_id not in PRICES:
@@ -360,12 +424,15 @@ class FakeStripe:
     # -- events and their delivery --------------------------------------------------------
 
     def event(self, type: str, obj: dict, *, previous: dict | None = None,
-              created: int | None = None) -> dict:
-        """An event as Stripe sends it (a snapshot of `obj` now)."""
-        data: dict[str, Any] = {"object": json.loads(json.dumps(obj))}
+              created: int | None = None, api_version: str = API_VERSION) -> dict:
+        """An event as Stripe sends it (a snapshot of `obj` now, in the endpoint's API version)."""
+        obj = json.loads(json.dumps(obj))
+        if api_version < "2025-03-31":
+            obj = pre_basil(obj)
+        data: dict[str, Any] = {"object": obj}
         if previous:
             data["previous_attributes"] = previous
-        return {"id": new_id("evt"), "object": "event", "api_version": API_VERSION,
+        return {"id": new_id("evt"), "object": "event", "api_version": api_version,
                 "created": int(time.time()) if created is None else created, "data": data,
                 "livemode": False, "pending_webhooks": 1,
                 "request": {"id": new_id("req"), "idempotency_key": None}, "type": type}

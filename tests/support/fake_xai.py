@@ -1,7 +1,8 @@
 """A fake xAI API on loopback: checks each request's fields and answers in xAI's documented shapes.
 
 Tests script failures per route (`fail(...)`), video outcomes (`video_outcome`), and
-read back every request it saw (`requests`).
+read back every request it saw (`requests`). It knows xAI's model list (MODELS, from
+docs.x.ai's models page, see docs/providers.md) and refuses other model names as xAI does.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import time
 import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -22,7 +24,28 @@ from PIL import Image, ImageDraw
 from server.media import to_jpeg, write_mp4
 
 BODY = web.RequestKey("body", object)
+CLASSIFIER_SCHEMA = "content_policy_verdict"  # server/moderation/classifier.py
 ASPECT_RATIOS = {"1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2", "auto"}
+
+# The models xAI lists (docs.x.ai/developers/models, checked 2026-12-01), with some of their
+# documented aliases. Retired slugs such as grok-4-fast-non-reasoning (2026-05-15) are not among them.
+MODELS: dict[str, list[str]] = {
+    "grok-4.3": [],
+    "grok-4.20-0309-reasoning": ["grok-4.20", "grok-4.20-reasoning", "grok-4.20-0309",
+                                 "grok-4.20-reasoning-latest"],
+    "grok-4.20-0309-non-reasoning": ["grok-4.20-non-reasoning"],
+    "grok-4.20-multi-agent-0309": ["grok-4.20-multi-agent"],
+    "grok-imagine-image": [],
+    "grok-imagine-image-quality": [],
+    "grok-imagine-video": [],
+}
+# xAI's texts for a wrong key (400) and a used-up team (429), as users have reported them; xAI
+# documents no text for a rate limit, so RATE_LIMIT is only a plausible one.
+BAD_KEY = "Incorrect API key provided: xa***. You can obtain an API key from https://console.x.ai."
+NO_CREDITS = ("Your team {team} has either used all available credits or reached its monthly "
+              "spending limit. To continue making API requests, please purchase more credits or "
+              "raise your spending limit.")
+RATE_LIMIT = "Too many requests: rate limit exceeded for this model"
 
 
 def _invalid(message: str, status: int = 400) -> web.Response:
@@ -48,6 +71,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -56,6 +80,9 @@ class FakeXai:
     image_mode: str = "b64_data_uri"  # b64 | b64_data_uri | url | png_url
     video_polls_before_done: int = 1
     video_outcome: str = "done"  # done | failed | expired | withheld
+    image_block_reason: str | None = None  # set: images are refused by moderation (200, no image)
+    models: dict[str, list[str]] = field(default_factory=lambda: dict(MODELS))
+    team_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     delay_seconds: float = 0.0
     requests: list[Seen] = field(default_factory=list)
     _failures: dict[str, deque[tuple[int, Any, dict[str, str]]]] = field(default_factory=lambda: defaultdict(deque))
@@ -69,6 +96,19 @@ class FakeXai:
         for _ in range(times):
             self._failures[route].append((status, {"code": "error", "error": error}, headers or {}))
 
+    def fail_no_credits(self, route: str, *, status: int = 429, times: int = 1) -> None:
+        """The team's credits or monthly spending limit are used up."""
+        self.fail(route, status, times=times, error=NO_CREDITS.format(team=self.team_id))
+
+    def _model_refused(self, model: Any) -> web.Response | None:
+        known = {name for name, aliases in self.models.items() for name in (name, *aliases)}
+        if model in known:
+            return None
+        return web.json_response({"code": "Some requested entity was not found", "error": (
+            f"The model {model} does not exist or your team {self.team_id} does not have access "
+            "to it. Please ensure you're using the correct API key. If you believe this is a "
+            "mistake, please contact support and quote your team ID and the model name.")}, status=404)
+
     def calls(self, route: str) -> list[Seen]:
         method, path = route.split(" ", 1)
         return [r for r in self.requests if r.method == method and r.path.startswith(path)]
@@ -81,6 +121,7 @@ class FakeXai:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> FakeXai:
         app = web.Application(middlewares=[self._record])
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/images/generations", self._images)
         app.router.add_post("/v1/videos/generations", self._start_video)
@@ -104,7 +145,7 @@ class FakeXai:
             await asyncio.sleep(self.delay_seconds)
         if request.path.startswith("/v1/"):
             if request.headers.get("Authorization") != f"Bearer {self.api_key}":
-                return _invalid(f"Incorrect API key provided: {self.api_key[:2]}***. You can obtain an API key from the console.")
+                return _invalid(BAD_KEY)
         elif "Authorization" in request.headers:
             return _invalid("media URLs take no credentials", status=403)
         route = f"{request.method} {request.path if not request.path.startswith('/v1/videos/') or request.method == 'POST' else '/v1/videos/'}"
@@ -115,10 +156,17 @@ class FakeXai:
         return await handler(request)
 
     # -- endpoints ---------------------------------------------------------------------------
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [
+            {"id": name, "created": 1_775_000_000, "object": "model", "owned_by": "xai", "aliases": aliases}
+            for name, aliases in self.models.items()]})
+
     async def _chat(self, request: web.Request) -> web.Response:
         body = request[BODY] or {}
         if not isinstance(body.get("model"), str) or not body["model"]:
             return _invalid("model is required", 422)
+        if (refused := self._model_refused(body["model"])) is not None:
+            return refused
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str)
@@ -127,6 +175,8 @@ class FakeXai:
             return _invalid("messages must be a non-empty list of {role, content}", 422)
         user_text = messages[-1]["content"]
         fmt = body.get("response_format")
+        if isinstance(fmt, dict) and (fmt.get("json_schema") or {}).get("name") == CLASSIFIER_SCHEMA:
+            return await self._classify(body)
         if fmt is not None:
             if fmt.get("type") != "json_schema" or not isinstance(fmt.get("json_schema"), dict) \
                     or not isinstance(fmt["json_schema"].get("schema"), dict) or not fmt["json_schema"].get("name"):
@@ -153,16 +203,23 @@ class FakeXai:
         body = request[BODY] or {}
         if not body.get("model") or not isinstance(body.get("prompt"), str) or not body["prompt"]:
             return _invalid("model and prompt are required", 422)
+        if (refused := self._model_refused(body["model"])) is not None:
+            return refused
         if body.get("response_format", "url") not in ("url", "b64_json"):
             return _invalid("response_format must be url or b64_json")
         if body.get("aspect_ratio", "1:1") not in ASPECT_RATIOS:
             return _invalid(f"Invalid aspect_ratio: {body.get('aspect_ratio')}")
         if body.get("resolution", "1k") not in ("1k", "2k"):
             return _invalid("resolution must be 1k or 2k")
-        if "size" in body or "quality" in body or "seed" in body:
-            return _invalid("Argument not supported: size/quality/seed")
+        if "size" in body or "style" in body or "seed" in body:
+            return _invalid("Argument not supported: size/style/seed")
+        if body.get("quality", "medium") not in ("low", "medium", "high"):
+            return _invalid("quality must be low, medium or high")
         if not 1 <= int(body.get("n", 1)) <= 10:
             return _invalid("n must be between 1 and 10")
+        if self.image_block_reason:  # xAI's moderation: 200 with a block_reason and no image
+            return web.json_response({"block_reason": self.image_block_reason, "data": [
+                {"url": None, "b64_json": None, "mime_type": None, "revised_prompt": ""}]})
         item: dict[str, Any] = {"revised_prompt": f"revised: {body['prompt'][:100]}"}
         if self.image_mode in ("url", "png_url") or body.get("response_format", "url") == "url":
             name = "image.png" if self.image_mode == "png_url" else "image.jpg"
@@ -171,13 +228,15 @@ class FakeXai:
             encoded = base64.b64encode(sample_jpeg()).decode()
             item["b64_json"] = ("data:image/jpeg;base64," + encoded) if self.image_mode == "b64_data_uri" else encoded
         item["mime_type"] = "image/jpeg"
-        return web.json_response({"data": [item]})
+        return web.json_response({"block_reason": None, "data": [item]})
 
     async def _start_video(self, request: web.Request) -> web.Response:
         body = request[BODY] or {}
         if not body.get("prompt"):
             return _invalid("prompt is required", 422)
-        if body.get("model") != "grok-imagine-video" and not str(body.get("model", "")).startswith("grok-imagine-video"):
+        if (refused := self._model_refused(body.get("model"))) is not None:
+            return refused
+        if not str(body.get("model", "")).startswith("grok-imagine-video"):
             return _invalid(f"Model {body.get('model')!r} does not support video generation")
         duration = body.get("duration", 8)
         if not isinstance(duration, int) or not 1 <= duration <= 15:
@@ -223,3 +282,48 @@ class FakeXai:
             frames = [Image.new("RGB", (64, 48), (i * 20, 50, 100)) for i in range(6)]
             return web.Response(body=write_mp4(frames, size=(64, 48), fps=6), content_type="video/mp4")
         raise web.HTTPNotFound()
+
+    # -- content classifier (server/moderation/classifier.py) -----------------------------------
+    # The studio's second screening layer asks chat completions for a verdict whose schema is
+    # named "content_policy_verdict". Tests script it: `classifier_flags` maps a lowercase
+    # substring to the category answered for texts that contain it (anything else is allowed);
+    # `classifier_mode` breaks it: "slow" (answers after classifier_delay_seconds), "malformed"
+    # (JSON that is not the schema), "not_json", "refusal" (the model declines), "error" (500).
+    classifier_flags: dict[str, str] = field(default_factory=dict)
+    classifier_mode: str = "answer"
+    classifier_delay_seconds: float = 0.0
+
+    def classifier_calls(self) -> list[Seen]:
+        """Chat calls that asked for a content verdict, oldest first."""
+        return [r for r in self.calls("POST /v1/chat/completions")
+                if ((r.body or {}).get("response_format") or {}).get("json_schema", {}).get("name") == CLASSIFIER_SCHEMA]
+
+    async def _classify(self, body: dict[str, Any]) -> web.Response:
+        spec = body["response_format"]["json_schema"]
+        schema = spec.get("schema") or {}
+        if schema.get("required") != ["allowed", "category"] or schema.get("additionalProperties") is not False:
+            return _invalid("json_schema: strict object schema expected")
+        text = body["messages"][-1]["content"]
+        if self.classifier_mode == "error":
+            return web.json_response({"code": "Internal error", "error": "classifier overloaded"}, status=500)
+        if self.classifier_mode == "slow":
+            await asyncio.sleep(self.classifier_delay_seconds)
+        verdict: Any = {"allowed": True, "category": "none"}
+        for marker, category in self.classifier_flags.items():
+            if marker in text.lower():
+                verdict = {"allowed": False, "category": category}
+                break
+        refusal = None
+        content = orjson.dumps(verdict).decode()
+        if self.classifier_mode == "malformed":
+            content = orjson.dumps({"verdict": "fine"}).decode()
+        elif self.classifier_mode == "not_json":
+            content = "I think this is fine."
+        elif self.classifier_mode == "refusal":
+            content, refusal = None, "I can't help with that."
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:8]}", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": refusal},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 200, "completion_tokens": 8, "total_tokens": 208},
+        })

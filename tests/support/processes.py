@@ -48,9 +48,11 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> ServerProcess:
-        self.proc = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "server.cli", "serve"], env=self.env,
-            cwd=self.cwd, stdout=subprocess.DEVNULL)
+        self.log = Path(self.cwd) / "server.log"
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.to_thread(
+                subprocess.Popen, [sys.executable, "-m", "server.cli", "serve"], env=self.env,
+                cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
         deadline = asyncio.get_running_loop().time() + 20
         async with aiohttp.ClientSession() as http:
             while asyncio.get_running_loop().time() < deadline:
@@ -64,6 +66,18 @@ class ServerProcess:
                     pass
                 await asyncio.sleep(0.1)
         raise RuntimeError("server did not start")
+
+    def errors(self) -> list[str]:
+        """Log lines of unhandled errors (each a 500 a client saw), with what follows them."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        found = []
+        for i, line in enumerate(lines):
+            if "unhandled error" in line:
+                block = lines[i:i + 80]
+                end = next((j for j, text in enumerate(block[1:], 1) if text and not text.startswith((" ", "Traceback"))
+                            and not text.startswith("During") and not text.startswith("The above")), len(block))
+                found.append(block[0] + " ... " + " | ".join(block[max(1, end - 1):end + 1]))
+        return found
 
     async def __aexit__(self, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:
@@ -93,9 +107,15 @@ class WorkerProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> WorkerProcess:
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env,
-                                     cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = Path(self.cwd) / "worker.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "worker"], env=self.env,
+                                         cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of its output, for a failing test's message."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

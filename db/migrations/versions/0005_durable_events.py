@@ -1,4 +1,4 @@
-"""durable events (a per-user gapless sequence and the user_events outbox); pending avatar regenerations
+"""durable events (a per-user gapless sequence and the user_events outbox); pending avatar regenerations; content error codes
 
 Revision ID: 0005
 Revises: 0004
@@ -27,9 +27,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("user_id", "seq", name=op.f("pk_user_events")),
     )
     op.add_column("avatars", sa.Column("regeneration_id", postgresql.UUID(as_uuid=True), nullable=True))
+    op.add_column("generated_content", sa.Column("error_code", sa.String(length=64), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("generated_content", "error_code")
     op.drop_column("avatars", "regeneration_id")
     op.drop_table("user_events")
     op.drop_column("user_credits", "event_seq")

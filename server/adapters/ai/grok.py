@@ -1,9 +1,11 @@
 """xAI Grok over its HTTP API: chat (profiles, prompts), images, and asynchronous videos.
 
-429, 5xx, timeouts and dropped connections are retried with exponential backoff (a
-bounded number of times); 400/401/403/404/422 are permanent and carry the provider's
-message. Result URLs are temporary, so bytes are downloaded at once. The API key is
-only ever put in the Authorization header of calls to GROK_BASE_URL.
+Errors are classified as xAI's docs describe them (docs/providers.md): rate-limit 429s,
+5xx, timeouts and dropped connections are retried with jittered exponential backoff
+(Retry-After is not needed); a refused key (400 "Incorrect API key", 401, 403), used-up
+credits or spending limit (429/403) and unknown models are permanent and hidden from
+users; a moderation block is permanent with its own code. Result URLs are temporary,
+so bytes are downloaded at once. The API key only ever goes to GROK_BASE_URL.
 """
 
 from __future__ import annotations
@@ -13,19 +15,39 @@ import base64
 import binascii
 import logging
 import random
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 import orjson
 
-from server.adapters.ai.base import AvatarSpec, GeneratedImage, ProviderError, VideoStatus
+from server.adapters.ai.base import (
+    CONTENT_MODERATED,
+    CREDENTIALS,
+    MODEL_MISSING,
+    QUOTA_EXHAUSTED,
+    RATE_LIMITED,
+    SERVICE_TROUBLE,
+    UNAVAILABLE,
+    AvatarSpec,
+    GeneratedImage,
+    ProviderError,
+    VideoStatus,
+)
 from server.config import Settings
 from server.media import thumbnail_jpeg
 
 log = logging.getLogger(__name__)
 
-TRANSIENT_STATUSES = frozenset({408, 425, 429})
+TRANSIENT_STATUSES = frozenset({408, 425})
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
+MODEL_CHECK_TIMEOUT = 15.0
+# xAI's texts for a used-up team (seen as 429, and 403 on newer endpoints) and a wrong key (400).
+QUOTA_HINTS = ("used all available credits", "spending limit")
+CREDENTIAL_HINTS = ("incorrect api key", "invalid api key", "no api key", "api key provided")
+MODERATION_HINTS = ("moderation", "content policy", "safety system")
+MODERATED_IMAGE = "The AI provider's content moderation blocked this image"
+MODERATED_VIDEO = "The AI provider's content moderation blocked this video"
 
 PROFILE_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -87,6 +109,39 @@ def _provider_message(status: int, body: bytes) -> str:
     return f"HTTP {status}"
 
 
+def classify(status: int, message: str, *, what: str) -> ProviderError:
+    """The ProviderError an xAI error answer stands for; what operators must fix is logged here."""
+    text = message.lower()
+    if status in (402, 403, 429) and any(hint in text for hint in QUOTA_HINTS):
+        log.error("%s: xAI says the team's credits or spending limit are used up (%s): %s",
+                  what, status, message)
+        return ProviderError(f"{what} failed ({status}): xAI credits or spending limit used up",
+                             transient=False, status=status, code=QUOTA_EXHAUSTED,
+                             user_message=SERVICE_TROUBLE)
+    if status in (401, 403) or (status == 400 and any(hint in text for hint in CREDENTIAL_HINTS)):
+        # The provider's text may echo parts of the key: operators see it, users never do.
+        log.error("%s: xAI refused our credentials (%s): %s", what, status, message)
+        return ProviderError(f"{what} failed ({status}): the AI provider refused this service's "
+                             "credentials", transient=False, status=status, code=CREDENTIALS,
+                             user_message=SERVICE_TROUBLE)
+    if status == 429:
+        return ProviderError(f"{what} rate limited (429): {message}", transient=True, status=status,
+                             code=RATE_LIMITED, user_message=SERVICE_TROUBLE)
+    if status == 404 and "model" in text:
+        log.error("%s: xAI does not offer the configured model (404): %s", what, message)
+        return ProviderError(f"{what} failed (404): the configured model is not available",
+                             transient=False, status=status, code=MODEL_MISSING,
+                             user_message=SERVICE_TROUBLE)
+    if status >= 500 or status in TRANSIENT_STATUSES:
+        return ProviderError(f"{what} failed ({status}): {message}", transient=True, status=status,
+                             code=UNAVAILABLE, user_message=SERVICE_TROUBLE)
+    if any(hint in text for hint in MODERATION_HINTS):
+        return ProviderError(f"{what} failed ({status}): {message}", transient=False, status=status,
+                             code=CONTENT_MODERATED,
+                             user_message=f"The AI provider refused this: {message}")
+    return ProviderError(f"{what} failed ({status}): {message}", transient=False, status=status)
+
+
 def decode_b64_image(value: str) -> bytes:
     """Base64 image data, with or without a `data:image/...;base64,` prefix."""
     if value.startswith("data:"):
@@ -113,6 +168,11 @@ class GrokProvider:
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self._http: aiohttp.ClientSession | None = None
+        self._model_status: dict[str, Any] = {"provider": "grok", "status": "unchecked",
+                                              "models": self._models()}
+
+    def _models(self) -> dict[str, str]:
+        return {"chat": self.chat_model, "image": self.image_model, "video": self.video_model}
 
     def __repr__(self) -> str:  # never show the key, even in tracebacks
         return f"GrokProvider(base_url={self.base_url!r})"
@@ -127,23 +187,26 @@ class GrokProvider:
         if self._http is not None:
             await self._http.close()
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
+    def _delay(self, attempt: int, retry_after: str | None, *, rate_limited: bool = False) -> float:
+        """Jittered exponential backoff; a Retry-After (xAI documents none) only lengthens it."""
+        base = self.backoff_seconds * (2 ** (attempt - 1)) * (2 if rate_limited else 1)
+        delay = min(self.max_backoff_seconds, base) * random.uniform(0.75, 1.25)
         if retry_after:
             try:
-                return min(self.max_backoff_seconds, max(0.0, float(retry_after)))
+                delay = max(delay, float(retry_after))
             except ValueError:
                 pass
-        base = self.backoff_seconds * (2 ** (attempt - 1))
-        return min(self.max_backoff_seconds, base * random.uniform(0.8, 1.2))
+        return min(self.max_backoff_seconds, max(0.0, delay))
 
     async def _call(self, method: str, url: str, *, what: str, json: Any = None,
-                    authorized: bool = True, raw: bool = False) -> Any:
+                    authorized: bool = True, raw: bool = False, attempts: int | None = None) -> Any:
         """One HTTP exchange, retried on transient failures; JSON (or bytes if raw) back."""
         headers = {"Accept": "application/json"} if not raw else {}
         if authorized:
             headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
         last: ProviderError | None = None
-        for attempt in range(1, self.max_attempts + 1):
+        attempts = attempts or self.max_attempts
+        for attempt in range(1, attempts + 1):
             retry_after = None
             try:
                 async with self._session().request(method, url, json=json, headers=headers) as resp:
@@ -157,27 +220,60 @@ class GrokProvider:
                             return orjson.loads(body)
                         except orjson.JSONDecodeError as exc:
                             raise ProviderError(f"{what}: the answer is not JSON", transient=True,
-                                                status=resp.status) from exc
-                    message = _provider_message(resp.status, await resp.read())
-                    if resp.status in (401, 403):
-                        # Users see that the provider refused us; operators see why (it may echo key parts).
-                        log.error("%s: xAI refused our credentials (%s): %s", what, resp.status, message)
-                        message = "the AI provider refused this service's credentials"
-                    transient = resp.status in TRANSIENT_STATUSES or resp.status >= 500
-                    last = ProviderError(f"{what} failed ({resp.status}): {message}",
-                                         transient=transient, status=resp.status)
+                                                status=resp.status, user_message=SERVICE_TROUBLE) from exc
+                    last = classify(resp.status, _provider_message(resp.status, await resp.read()),
+                                    what=what)
                     retry_after = resp.headers.get("Retry-After")
             except ProviderError as exc:
                 last = exc
             except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                last = ProviderError(f"{what} failed: {type(exc).__name__} {exc}".strip(), transient=True)
-            if not last.transient or attempt == self.max_attempts:
+                last = ProviderError(f"{what} failed: {type(exc).__name__} {exc}".strip(), transient=True,
+                                     user_message=SERVICE_TROUBLE)
+            if not last.transient or attempt == attempts:
                 raise last
-            delay = self._delay(attempt, retry_after)
+            delay = self._delay(attempt, retry_after, rate_limited=last.code == RATE_LIMITED)
             log.warning("%s: %s; retry %d/%d in %.2fs", what, last.message, attempt,
-                        self.max_attempts - 1, delay)
+                        attempts - 1, delay)
             await asyncio.sleep(delay)
         raise last or ProviderError(f"{what} failed", transient=True)
+
+    async def check_models(self) -> dict[str, Any]:
+        """Compare the configured models with xAI's `GET /v1/models`; log and keep the result."""
+        wanted = self._models()
+        status: dict[str, Any] = {"provider": "grok", "models": wanted}
+        try:
+            async with asyncio.timeout(MODEL_CHECK_TIMEOUT):
+                data = await self._call("GET", f"{self.base_url}/models", what="model list", attempts=2)
+            offered: set[str] = set()
+            for model in (data.get("data") if isinstance(data, dict) else None) or []:
+                if isinstance(model, dict) and isinstance(model.get("id"), str):
+                    offered.add(model["id"])
+                    offered.update(a for a in model.get("aliases") or [] if isinstance(a, str))
+            missing = {role: name for role, name in wanted.items() if name not in offered}
+            if missing:
+                log.error("xAI does not offer the configured model(s) %s: set GROK_CHAT_MODEL / "
+                          "GROK_IMAGE_MODEL / GROK_VIDEO_MODEL to models listed by GET /v1/models "
+                          "(see docs/providers.md); calls with them will fail",
+                          ", ".join(f"{role}={name}" for role, name in missing.items()))
+                status |= {"status": "missing_models", "missing": missing}
+            else:
+                log.info("xAI offers every configured model: %s",
+                         ", ".join(f"{role}={name}" for role, name in wanted.items()))
+                status |= {"status": "ok"}
+        except ProviderError as exc:
+            log.error("could not check the xAI models: %s", exc.message)
+            status |= {"status": "unverified", "error": exc.code}
+        except TimeoutError:
+            log.error("could not check the xAI models: no answer within %.0fs", MODEL_CHECK_TIMEOUT)
+            status |= {"status": "unverified", "error": UNAVAILABLE}
+        except Exception as exc:  # a startup check must never take the process down
+            log.exception("could not check the xAI models")
+            status |= {"status": "unverified", "error": type(exc).__name__}
+        self._model_status = status | {"checked_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        return self._model_status
+
+    def model_status(self) -> dict[str, Any]:
+        return dict(self._model_status)
 
     async def _chat(self, messages: list[dict[str, str]], *, response_format: dict | None = None,
                     what: str) -> str:
@@ -190,7 +286,9 @@ class GrokProvider:
         except (KeyError, IndexError, TypeError) as exc:
             raise ProviderError(f"{what}: unexpected answer shape", transient=True) from exc
         if message.get("refusal"):
-            raise ProviderError(f"{what} refused: {message['refusal']}", transient=False)
+            raise ProviderError(f"{what} refused: {message['refusal']}", transient=False,
+                                code=CONTENT_MODERATED,
+                                user_message=f"The AI provider refused this: {message['refusal']}")
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             raise ProviderError(f"{what}: empty answer", transient=True)
@@ -236,16 +334,21 @@ class GrokProvider:
                 "aspect_ratio": aspect_ratio, "resolution": "2k" if quality == "premium" else "1k"}
         data = await self._call("POST", f"{self.base_url}/images/generations", json=body,
                                 what="image generation")
-        try:
-            item = data["data"][0]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise ProviderError("image generation: no image in the answer", transient=True) from exc
+        answer = data if isinstance(data, dict) else {}
+        items = answer.get("data")
+        item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
+        if answer.get("block_reason") or item.get("respect_moderation") is False:
+            # xAI's moderation refused it: asking again gives the same answer, so fail once.
+            reason = answer.get("block_reason") or "respect_moderation is false"
+            raise ProviderError(f"image generation blocked by xAI moderation: {reason}", transient=False,
+                                status=200, code=CONTENT_MODERATED, user_message=MODERATED_IMAGE)
         if item.get("b64_json"):
             raw = decode_b64_image(item["b64_json"])
         elif item.get("url"):
             raw = await self._call("GET", item["url"], what="image download", authorized=False, raw=True)
         else:
-            raise ProviderError("image generation: no image in the answer", transient=True)
+            raise ProviderError("image generation: no image in the answer", transient=True,
+                                user_message=SERVICE_TROUBLE)
         return GeneratedImage(data=await asyncio.to_thread(_as_jpeg, raw), content_type="image/jpeg",
                               revised_prompt=item.get("revised_prompt"))
 
@@ -278,14 +381,18 @@ class GrokProvider:
         if state == "pending":
             return VideoStatus(state="pending", progress=progress)
         if state == "expired":
-            return VideoStatus(state="expired", error="the video request expired at the provider")
+            return VideoStatus(state="expired", error="the video request expired at the provider",
+                               code=UNAVAILABLE)
         video = data.get("video") or {}
+        if data.get("block_reason") or video.get("respect_moderation") is False:
+            return VideoStatus(state="failed", error=MODERATED_VIDEO, code=CONTENT_MODERATED)
         if state == "failed":
             error = data.get("error") or {}
             message = error.get("message") if isinstance(error, dict) else str(error)
-            return VideoStatus(state="failed", error=message or "the provider failed to make the video")
-        if video.get("respect_moderation") is False or not video.get("url"):
-            return VideoStatus(state="failed", error="the provider withheld the video (moderation)")
+            return VideoStatus(state="failed", error=message or "the provider failed to make the video",
+                               code=UNAVAILABLE)
+        if not video.get("url"):
+            return VideoStatus(state="failed", error="the provider returned no video", code=UNAVAILABLE)
         mp4 = await self._call("GET", video["url"], what="video download", authorized=False, raw=True)
         return VideoStatus(state="done", progress=100, data=mp4)
 

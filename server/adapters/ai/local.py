@@ -203,5 +203,11 @@ class LocalProvider:
             return VideoStatus(state="expired", error="the rendered video is gone")
         return VideoStatus(state="done", progress=100, data=await asyncio.to_thread(path.read_bytes))
 
+    async def check_models(self) -> dict[str, Any]:
+        return self.model_status()
+
+    def model_status(self) -> dict[str, Any]:
+        return {"provider": "local", "status": "ok"}
+
     async def aclose(self) -> None:
         return None

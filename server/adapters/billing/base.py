@@ -80,29 +80,32 @@ class CreditPack:
 
 
 class BillingGateway(Protocol):
+    """Every call that changes something takes `key`: the provider's idempotency key, made
+    from our own operation (server.billing.service), so a repeated call changes nothing twice."""
+
     name: str
 
-    async def create_customer(self, *, user_id: uuid.UUID, email: str) -> str | None:
+    async def create_customer(self, *, user_id: uuid.UUID, email: str, key: str) -> str | None:
         """The provider's customer for this user (None when the provider has no customers)."""
 
     async def start_subscription(
-        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any]
+        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any], key: str
     ) -> StartedSubscription: ...
 
     async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
-                          upgrade: bool) -> SubscriptionState:
+                          upgrade: bool, key: str) -> SubscriptionState:
         """Move to `plan`: an upgrade is billed (prorated) at once, a downgrade refunds nothing.
 
         Either way the new plan's credits come with the next paid period."""
 
     async def set_cancel_at_period_end(
-        self, *, subscription: dict[str, Any], cancel: bool
+        self, *, subscription: dict[str, Any], cancel: bool, key: str
     ) -> SubscriptionState: ...
 
-    async def cancel_now(self, *, subscription: dict[str, Any]) -> SubscriptionState: ...
+    async def cancel_now(self, *, subscription: dict[str, Any], key: str) -> SubscriptionState: ...
 
     async def start_pack_payment(
-        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack
+        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack, key: str
     ) -> PackPayment: ...
 
     async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:

@@ -8,6 +8,7 @@ first invoice, a succeeded payment), so `lustify dev` runs the real internal pat
 from __future__ import annotations
 
 import calendar
+import hashlib
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,6 +29,11 @@ def one_month_after(moment: datetime) -> datetime:
     year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
     day = min(moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
+
+
+def _local_id(prefix: str, key: str) -> str:
+    """Ids follow the idempotency key, so a repeated call names the same local object."""
+    return f"{prefix}_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
 
 def _now() -> datetime:
@@ -51,46 +57,46 @@ def _state_of(subscription: dict[str, Any]) -> SubscriptionState:
 class LocalBilling:
     name = "local"
 
-    async def create_customer(self, *, user_id: uuid.UUID, email: str) -> str | None:
+    async def create_customer(self, *, user_id: uuid.UUID, email: str, key: str) -> str | None:
         return None
 
     async def start_subscription(
-        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any]
+        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any], key: str
     ) -> StartedSubscription:
         now = _now()
-        subscription_id = f"local_sub_{uuid.uuid4().hex}"
+        subscription_id = _local_id("local_sub", key)
         state = SubscriptionState(
             provider_id=subscription_id, status="active", user_id=user_id, plan_id=plan["id"],
             price_id=plan.get("stripe_price_id"), current_period_start=now,
             current_period_end=one_month_after(now),
         )
         invoice = InvoiceFact(
-            invoice_id=f"local_in_{uuid.uuid4().hex}", subscription_id=subscription_id,
+            invoice_id=_local_id("local_in", key), subscription_id=subscription_id,
             billing_reason="subscription_create", amount_paid=plan["price_cents"],
             user_id=user_id, plan_id=plan["id"], price_id=plan.get("stripe_price_id"),
         )
         return StartedSubscription(state=state, client_secret=None, paid_invoice=invoice)
 
     async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
-                          upgrade: bool) -> SubscriptionState:
+                          upgrade: bool, key: str) -> SubscriptionState:
         return replace(_state_of(subscription), plan_id=plan["id"],
                        price_id=plan.get("stripe_price_id"))
 
     async def set_cancel_at_period_end(
-        self, *, subscription: dict[str, Any], cancel: bool
+        self, *, subscription: dict[str, Any], cancel: bool, key: str
     ) -> SubscriptionState:
         return replace(_state_of(subscription), cancel_at_period_end=cancel,
                        canceled_at=_now() if cancel else None)
 
-    async def cancel_now(self, *, subscription: dict[str, Any]) -> SubscriptionState:
+    async def cancel_now(self, *, subscription: dict[str, Any], key: str) -> SubscriptionState:
         now = _now()
         return replace(_state_of(subscription), status="canceled", canceled_at=now, ended_at=now)
 
     async def start_pack_payment(
-        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack
+        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack, key: str
     ) -> PackPayment:
         return PackPayment(
-            payment_id=f"local_pi_{uuid.uuid4().hex}", amount_cents=pack.price_cents,
+            payment_id=_local_id("local_pi", key), amount_cents=pack.price_cents,
             credits=pack.credits, pack_id=pack.id, user_id=user_id, client_secret=None,
             succeeded=True,
         )
@@ -103,7 +109,9 @@ class LocalBilling:
         renewed = replace(state, status="active", current_period_start=end,
                           current_period_end=one_month_after(end))
         invoice = InvoiceFact(
-            invoice_id=f"local_in_{uuid.uuid4().hex}", subscription_id=state.provider_id,
+            # One invoice per period: rolling the same period over twice grants once.
+            invoice_id=_local_id("local_in", f"{state.provider_id}:{end.isoformat()}"),
+            subscription_id=state.provider_id,
             billing_reason="subscription_cycle", user_id=state.user_id, plan_id=state.plan_id,
         )
         return PeriodEnd(renewed, invoice)

@@ -1,7 +1,9 @@
 """Stripe through the official SDK's async API (StripeClient, *_async) on aiohttp.
 
-The API version is pinned so object shapes cannot drift under us; STRIPE_API_BASE
-points the SDK at a Stripe-compatible server (the suite's fake Stripe).
+The API version is pinned (stripe-python 16.1's own; docs/providers.md says how to move
+it) so object shapes cannot drift under us, and the webhook endpoint is created with the
+same version. Every POST carries an idempotency key made from our own operation.
+STRIPE_API_BASE points the SDK at a Stripe-compatible server (the suite's fake Stripe).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from server.adapters.billing.base import (
     SubscriptionState,
 )
 from server.adapters.billing.stripe_objects import (
+    API_VERSION,
     PACK_KIND,
     invoice_fact,
     pack_payment,
@@ -33,7 +36,6 @@ from server.config import Settings
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "2026-10-28.endive"
 T = TypeVar("T")
 
 
@@ -69,22 +71,26 @@ class StripeBilling:
             return await call
         except stripe.StripeError as exc:
             status = exc.http_status
-            transient = isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError)) or (
-                status is not None and status >= 500)
-            log.warning("stripe %s failed: %s (status %s)", what, exc.user_message or exc, status)
+            # Worth asking again with the same idempotency key only if Stripe saved no answer
+            # under it: no answer reached us, or a rate limit (refused before it ran). A 5xx is
+            # saved and would come back again; whether it happened is told by the webhooks.
+            transient = isinstance(exc, (stripe.APIConnectionError, stripe.RateLimitError))
+            code = "idempotency_error" if isinstance(exc, stripe.IdempotencyError) else (
+                exc.code or ("connection_error" if status is None else "provider_error"))
+            log.warning("stripe %s failed: %s (status %s, %s)", what, exc.user_message or exc,
+                        status, code)
             raise BillingError(f"Stripe {what} failed: {exc.user_message or 'error'}",
-                               transient=transient, status=status) from exc
+                               transient=transient, status=status, code=code) from exc
 
-    async def create_customer(self, *, user_id: uuid.UUID, email: str) -> str | None:
+    async def create_customer(self, *, user_id: uuid.UUID, email: str, key: str) -> str | None:
         customer = await self._call("customer create", self.client.v1.customers.create_async(
             params={"email": email, "metadata": {"user_id": str(user_id)}},
-            # A retried first subscription (e.g. after a rolled-back request) gets the same customer.
-            options={"idempotency_key": f"lustify-customer-{user_id}"},
+            options={"idempotency_key": key},
         ))
         return customer.id
 
     async def start_subscription(
-        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any]
+        self, *, user_id: uuid.UUID, customer_id: str | None, plan: dict[str, Any], key: str
     ) -> StartedSubscription:
         created = await self._call("subscription create", self.client.v1.subscriptions.create_async(
             params={
@@ -95,6 +101,7 @@ class StripeBilling:
                 "expand": ["latest_invoice.confirmation_secret"],
                 "metadata": {"user_id": str(user_id), "plan_id": plan["id"]},
             },
+            options={"idempotency_key": key},
         ))
         data = _plain(created)
         invoice = data.get("latest_invoice")
@@ -108,7 +115,7 @@ class StripeBilling:
                                    paid_invoice=paid)
 
     async def change_plan(self, *, subscription: dict[str, Any], plan: dict[str, Any],
-                          upgrade: bool) -> SubscriptionState:
+                          upgrade: bool, key: str) -> SubscriptionState:
         sid = subscription["stripe_subscription_id"]
         # An upgrade bills the prorated difference now; a downgrade refunds nothing, so
         # a plan's credits can never be taken and its price handed back.
@@ -122,24 +129,27 @@ class StripeBilling:
                 "proration_behavior": proration,
                 "metadata": {"plan_id": plan["id"]},
             },
+            options={"idempotency_key": key},
         ))
         return subscription_state(_plain(updated))
 
     async def set_cancel_at_period_end(
-        self, *, subscription: dict[str, Any], cancel: bool
+        self, *, subscription: dict[str, Any], cancel: bool, key: str
     ) -> SubscriptionState:
         updated = await self._call("subscription update", self.client.v1.subscriptions.update_async(
             subscription["stripe_subscription_id"], params={"cancel_at_period_end": cancel},
+            options={"idempotency_key": key},
         ))
         return subscription_state(_plain(updated))
 
-    async def cancel_now(self, *, subscription: dict[str, Any]) -> SubscriptionState:
+    async def cancel_now(self, *, subscription: dict[str, Any], key: str) -> SubscriptionState:
+        # A DELETE: Stripe ignores idempotency keys on it and asks not to send one.
         canceled = await self._call("subscription cancel", self.client.v1.subscriptions.cancel_async(
             subscription["stripe_subscription_id"]))
         return subscription_state(_plain(canceled))
 
     async def start_pack_payment(
-        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack
+        self, *, user_id: uuid.UUID, customer_id: str | None, pack: CreditPack, key: str
     ) -> PackPayment:
         params: dict[str, Any] = {
             "amount": pack.price_cents,
@@ -151,8 +161,8 @@ class StripeBilling:
         }
         if customer_id:
             params["customer"] = customer_id
-        intent = await self._call("payment intent create",
-                                  self.client.v1.payment_intents.create_async(params=params))
+        intent = await self._call("payment intent create", self.client.v1.payment_intents.create_async(
+            params=params, options={"idempotency_key": key}))
         payment = pack_payment(_plain(intent))
         if payment is None:
             raise BillingError("Stripe returned a payment intent without our metadata", transient=False)
@@ -160,6 +170,15 @@ class StripeBilling:
 
     async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:
         return None  # Stripe renews or ends it and says so through webhooks
+
+    async def create_webhook_endpoint(self, *, url: str, events: list[str]) -> tuple[str, str]:
+        """(id, signing secret) of a new endpoint whose events come in our pinned API version."""
+        create = self.client.v1.webhook_endpoints.create_async(
+            params={"url": url, "enabled_events": events,  # type: ignore[typeddict-item]
+                    "api_version": API_VERSION, "description": "Lustify billing"},
+            options={"idempotency_key": f"lustify:webhook-endpoint:{url}:{API_VERSION}"})
+        endpoint = await self._call("webhook endpoint create", create)
+        return endpoint.id, endpoint.secret or ""
 
     async def close(self) -> None:
         await self._session.close()
