@@ -13,6 +13,8 @@ from server import __version__
 from server.routing import BODY_METHODS, RouteSpec
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+_PATH_PARAM_PATTERN = re.compile(r"{([^}:]+)(?::([^}]*))?}")
+_LITERALS = re.compile(r"^[\w-]+(?:\|[\w-]+)*$")  # `a|b|c`: an enum of names
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -58,8 +60,8 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             "summary": spec.summary,
             "tags": list(spec.tags),
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in _PATH_PARAM.findall(spec.path)
+                {"name": name, "in": "path", "required": True, "schema": _path_schema(pattern)}
+                for name, pattern in _PATH_PARAM_PATTERN.findall(spec.path)
             ],
             "responses": {},
         }
@@ -84,6 +86,8 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             ok["content"] = {media: {"schema": schema}}
         op["responses"][str(spec.status)] = ok
         errors = set(spec.errors) | {400, 500}
+        if _PATH_PARAM.search(spec.path):
+            errors |= {404}  # a path value that names nothing
         if spec.method in BODY_METHODS:
             errors |= {413, 415}  # routing.py refuses oversized and non-JSON bodies
             op["x-max-body-bytes"] = spec.body_limit
@@ -114,6 +118,12 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }
+
+
+def _path_schema(pattern: str) -> dict[str, Any]:
+    if pattern and _LITERALS.match(pattern):
+        return {"type": "string", "enum": pattern.split("|")}
+    return {"type": "string"}
 
 
 def _uses_dependencies(spec: RouteSpec) -> bool:
