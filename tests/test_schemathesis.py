@@ -37,7 +37,8 @@ async def _run(base_url: str, report: Path, *options: str) -> tuple[int, str]:
             "--report", "ndjson", "--report-ndjson-path", str(report)]
     args += options
     proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
+                                                stderr=asyncio.subprocess.STDOUT,
+                                                cwd=report.parent)  # its cache stays out of the repo
     out, _ = await asyncio.wait_for(proc.communicate(), SECONDS * 3 + 120)
     return proc.returncode, out.decode(errors="replace")
 
