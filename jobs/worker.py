@@ -131,10 +131,10 @@ def _nothing_done(result: Any) -> bool:
 
 def job_functions(settings: Settings) -> list[Any]:
     from jobs.avatars import AVATAR_JOB
-    from jobs.email import EMAIL_JOB
+    from jobs.email import EMAIL_JOB, PASSWORD_RESET_JOB
     from jobs.generation import generation_jobs
 
-    functions = [EMAIL_JOB, AVATAR_JOB, *generation_jobs(settings)]
+    functions = [EMAIL_JOB, PASSWORD_RESET_JOB, AVATAR_JOB, *generation_jobs(settings)]
     return [dataclasses.replace(f, coroutine=traced(f.coroutine)) for f in functions]
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from server import keys, middleware, service_routes
+from server.auth import passwords
 from server.config import Settings
 from server.gc_tuning import observe_gc_pauses, settle_startup_heap
 from server.metrics import Metrics
@@ -44,6 +45,8 @@ def create_app(settings: Settings) -> web.Application:
         ],
         handler_args={"max_field_size": 16 * 1024},
     )
+    app.on_response_prepare.append(middleware.generic_server_header)
+    passwords.use_threads(settings.password_hash_threads)
     app[keys.settings] = settings
     app[keys.metrics] = Metrics()
     app[keys.in_flight] = middleware.InFlight()
@@ -55,6 +58,7 @@ def create_app(settings: Settings) -> web.Application:
             yield
 
     app.cleanup_ctx.append(resources_ctx)
+    app.cleanup_ctx.append(service_routes.metrics_listener)
     specs = install(app, route_groups())
     app[service_routes.openapi_document] = build_document(specs)
     attach_socketio(app, settings)

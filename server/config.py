@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_days: int = 30
     bcrypt_rounds: int = Field(12, ge=4, le=16)
+    password_hash_threads: int = Field(0, ge=0, le=64)  # 0: the cores less one (server/auth/passwords.py)
 
     rate_limit_enabled: bool = True
     rate_limit_auth: str = "5/minute"
@@ -55,7 +56,7 @@ class Settings(BaseSettings):
     cors_origins: CommaList = Field(
         default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
     )
-    max_body_bytes: int = 50 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024  # any request; each route caps its own body lower (routing.py)
 
     grok_api_key: SecretStr | None = None
     grok_base_url: str = "https://api.x.ai/v1"
@@ -101,6 +102,12 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = None
     smtp_from: str = "Lustify <no-reply@lustify.local>"
     smtp_starttls: bool = True
+
+    # /metrics: with METRICS_PORT, only on that listener; else with METRICS_TOKEN, only for that
+    # bearer token; with neither, public outside production and not served in production.
+    metrics_port: int = 0  # 0: no listener of its own
+    metrics_host: str = "0.0.0.0"
+    metrics_token: SecretStr = SecretStr("")
 
     socketio_compression: bool = False  # see DESIGN.md Performance: ~95 KB zlib state per socket
     socketio_max_message_bytes: int = 64 * 1024

@@ -22,10 +22,12 @@ async def seed_demo(res: Resources) -> str:
     """Create the demo user once (verified, 500 bonus credits); returns its email."""
     async with transaction(res.sessionmaker) as session:
         user_id = (await session.execute(select(User.id).where(User.email == DEMO_EMAIL))).scalar_one_or_none()
-        if user_id is None:
-            data = RegisterIn(email=DEMO_EMAIL, password=DEMO_PASSWORD, display_name="Demo Creator",
-                              date_of_birth=date(1990, 1, 1))
-            user_id = (await register(session, data=data, settings=res.settings, queue=res.queue)).user["id"]
+    if user_id is None:
+        data = RegisterIn(email=DEMO_EMAIL, password=DEMO_PASSWORD, display_name="Demo Creator",
+                          date_of_birth=date(1990, 1, 1))
+        await register(res.sessionmaker, data=data, settings=res.settings, queue=res.queue)
+    async with transaction(res.sessionmaker) as session:
+        user_id = (await session.execute(select(User.id).where(User.email == DEMO_EMAIL))).scalar_one()
         await session.execute(update(User).where(User.id == user_id).values(email_verified=True))
         await ledger.grant(session, user_id=user_id, amount=DEMO_CREDITS, key=f"demo:{user_id}:credits",
                            reason="Demo credits", type="bonus")

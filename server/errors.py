@@ -102,6 +102,11 @@ class PayloadTooLarge(DomainError):
     status, code, default_message = 413, "payload_too_large", "The request body is too large"
 
 
+class UnsupportedMediaType(DomainError):
+    status, code = 415, "unsupported_media_type"
+    default_message = "Send the body as JSON with `Content-Type: application/json`"
+
+
 class ContentPolicyViolation(DomainError):
     status, code = 422, "content_policy_violation"
     default_message = "The request violates the content policy"

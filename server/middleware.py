@@ -41,6 +41,7 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
+SERVER_HEADER = "lustify"
 _HTTP_ERRORS: dict[int, type[DomainError]] = {
     400: ValidationFailed, 404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge,
 }
@@ -52,7 +53,15 @@ def _route_label(request: web.Request) -> str:
 
 
 def error_response(exc: DomainError) -> web.Response:
-    return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    response = json_response(exc.body(), status=exc.status, headers=exc.headers)
+    if exc.status == 413:
+        response.force_close()  # rather than drain the rest of an oversized body
+    return response
+
+
+async def generic_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`Server` names no software or version (aiohttp's default names both)."""
+    response.headers["Server"] = SERVER_HEADER
 
 
 class InFlight:
@@ -206,8 +215,8 @@ def cors(allowed: list[str]) -> Callable[..., Awaitable[web.StreamResponse]]:
 
 @web.middleware
 async def body_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Refuse an announced oversized body before reading any of it."""
+    """The app-wide ceiling, before reading: routes refuse bodies past their own, lower, caps."""
     limit = request.app[keys.settings].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is larger than {limit // (1024 * 1024)} MB")
+        raise PayloadTooLarge(f"The request body is larger than {limit // 1024} KB")
     return await handler(request)

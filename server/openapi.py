@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -9,9 +10,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server import __version__
-from server.routing import RouteSpec
+from server.routing import BODY_METHODS, RouteSpec
 
 _PATH_PARAM = re.compile(r"{([^}:]+)(?::[^}]*)?}")
+_PATH_PARAM_PATTERN = re.compile(r"{([^}:]+)(?::([^}]*))?}")
+_LITERALS = re.compile(r"^[\w-]+(?:\|[\w-]+)*$")  # `a|b|c`: an enum of names
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -57,8 +60,8 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             "summary": spec.summary,
             "tags": list(spec.tags),
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in _PATH_PARAM.findall(spec.path)
+                {"name": name, "in": "path", "required": True, "schema": _path_schema(pattern)}
+                for name, pattern in _PATH_PARAM_PATTERN.findall(spec.path)
             ],
             "responses": {},
         }
@@ -83,6 +86,11 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             ok["content"] = {media: {"schema": schema}}
         op["responses"][str(spec.status)] = ok
         errors = set(spec.errors) | {400, 500}
+        if _PATH_PARAM.search(spec.path):
+            errors |= {404}  # a path value that names nothing
+        if spec.method in BODY_METHODS:
+            errors |= {413, 415}  # routing.py refuses oversized and non-JSON bodies
+            op["x-max-body-bytes"] = spec.body_limit
         if spec.idempotent:
             op["parameters"].append(IDEMPOTENCY_KEY)
             ok["headers"] = {"Idempotent-Replayed": REPLAYED_HEADER}
@@ -92,6 +100,8 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
             op["security"] = [{"bearer": []}]
         if spec.rate_limit:
             errors |= {429}
+        if _uses_dependencies(spec):
+            errors |= {503}
         for status in sorted(errors):
             op["responses"][str(status)] = {
                 "description": "Error",
@@ -109,3 +119,14 @@ def build_document(specs: list[RouteSpec]) -> dict[str, Any]:
         },
     }
 
+
+def _path_schema(pattern: str) -> dict[str, Any]:
+    if pattern and _LITERALS.match(pattern):
+        return {"type": "string", "enum": pattern.split("|")}
+    return {"type": "string"}
+
+
+def _uses_dependencies(spec: RouteSpec) -> bool:
+    """Whether the route reads PostgreSQL or Redis, and so answers 503 when one is down."""
+    wants = set(inspect.signature(spec.handler).parameters)
+    return spec.auth or bool(spec.rate_limit) or bool(wants & {"session", "reader"})

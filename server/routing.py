@@ -22,9 +22,19 @@ from db.session import run_in_transaction
 from server import idempotency, keys
 from server.auth.current_user import authenticate
 from server.errors import NotFound
-from server.json_io import json_response, parse, read_json, refuse_body
+from server.json_io import (
+    json_response,
+    parse,
+    read_json,
+    refuse_body,
+    refuse_oversized,
+    require_json_media_type,
+)
 
 Handler = Callable[..., Awaitable[Any]]
+DEFAULT_MAX_BODY = 64 * 1024  # bytes; a route declares its own `max_body` when it needs another
+RAW_MAX_BODY = 512 * 1024  # raw bodies are third parties' payloads: what Stripe sends in an event
+BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
 @dataclass(frozen=True)
@@ -43,7 +53,12 @@ class RouteSpec:
     errors: tuple[int, ...] = ()
     raw_body: bool = False
     idempotent: bool = False  # takes an Idempotency-Key (server/idempotency.py)
+    max_body: int | None = None  # bytes; None: DEFAULT_MAX_BODY, or RAW_MAX_BODY for raw bodies
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def body_limit(self) -> int:
+        return self.max_body or (RAW_MAX_BODY if self.raw_body else DEFAULT_MAX_BODY)
 
 
 class Routes:
@@ -105,6 +120,11 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         res = request.app[keys.resources]
         kwargs: dict[str, Any] = {}
         user = None
+        if request.method in BODY_METHODS:  # refused before auth, limits or reading
+            require_json_media_type(request)
+            refuse_oversized(request, limit=spec.body_limit)
+            if spec.raw_body:  # the handler reads it: aiohttp stops at the limit
+                request = request.clone(client_max_size=spec.body_limit)
         if spec.auth:
             if reader is None:
                 # Given back before the body is read and the transaction opens: a request
@@ -128,9 +148,10 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         if spec.query is not None:
             kwargs["query"] = parse(spec.query, dict(request.query))
         if spec.body is not None:
-            kwargs["body"] = parse(spec.body, await read_json(request))
-        elif not spec.raw_body and request.method in ("POST", "PUT", "PATCH", "DELETE"):
-            refuse_body(await read_json(request))
+            raw = await read_json(request, limit=spec.body_limit, required=True)
+            kwargs["body"] = parse(spec.body, raw)
+        elif not spec.raw_body and request.method in BODY_METHODS:
+            refuse_body(await read_json(request, limit=spec.body_limit))
         key = idempotency.key_from(request) if spec.idempotent else None
         if "idempotency_key" in wants:
             kwargs["idempotency_key"] = key
@@ -145,7 +166,11 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
         # The transaction opens only now, after auth, limits and parsing: it stays short.
         # A deadlock or serialization failure runs the whole handler (and its key check) again.
         if key is None:
-            return await run_in_transaction(res.sessionmaker, lambda session: spec.handler(session=session, **kwargs))
+            async def work(session: Any) -> web.StreamResponse:
+                # Encoded before the commit: a response that cannot be built leaves no write.
+                return _render(spec, await spec.handler(session=session, **kwargs))
+
+            return await run_in_transaction(res.sessionmaker, work)
         assert user is not None
         fingerprint = idempotency.fingerprint(f"{request.method} {request.path}", kwargs.get("body"))
         return await run_in_transaction(res.sessionmaker, lambda session: idempotency.run(
@@ -158,13 +183,17 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
                 result = await call(request, reader)
         else:
             result = await call(request, None)
-        if isinstance(result, idempotency.Outcome):
+        if isinstance(result, idempotency.Outcome):  # encoded in its transaction
             return idempotency.response(result)
-        if isinstance(result, web.StreamResponse):
-            return result
-        if result is None:
-            return web.Response(status=204 if spec.status in (200, 204) else spec.status)
-        return json_response(result, status=spec.status)
+        return _render(spec, result)
 
     handle.__name__ = spec.handler.__name__
     return handle
+
+
+def _render(spec: RouteSpec, result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if result is None:
+        return web.Response(status=204 if spec.status in (200, 204) else spec.status)
+    return json_response(result, status=spec.status)

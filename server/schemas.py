@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import zoneinfo
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 T = TypeVar("T")
 
@@ -32,6 +32,23 @@ class Input(BaseModel):
     """Request bodies: unknown fields are refused (no mass assignment)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _within_documented_length(cls, value: Any, info: ValidationInfo) -> Any:
+        # Stripping comes before pydantic's own length check; the documented maxLength is of
+        # the text as sent, so a longer one is refused even if it is mostly whitespace.
+        if isinstance(value, str) and info.field_name is not None:
+            limit = _max_lengths(cls).get(info.field_name)
+            if limit is not None and len(value) > limit:
+                raise ValueError(f"String should have at most {limit} characters")
+        return value
+
+
+@functools.cache
+def _max_lengths(model: type[BaseModel]) -> dict[str, int]:
+    return {name: item.max_length for name, field in model.model_fields.items()
+            for item in field.metadata if getattr(item, "max_length", None) is not None}
 
 
 class Output(BaseModel):

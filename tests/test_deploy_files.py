@@ -81,7 +81,7 @@ def test_nginx_config_is_valid(tmp_path: Path) -> None:
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     original = (ROOT / "nginx.conf").read_text()
-    assert "client_max_body_size 50m" in original and "ip_hash" in original
+    assert "client_max_body_size 1m" in original and "ip_hash" in original
     assert "proxy_set_header Upgrade $http_upgrade" in original
 
 

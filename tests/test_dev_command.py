@@ -112,7 +112,7 @@ def test_dev_starts_on_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
         _wait_worker(url)
         status, body = _call(url + "/api/auth/register", {
             "email": email, "password": "a long password", "date_of_birth": "1990-01-01"})
-        assert status == 201, body
+        assert status == 202, body
         deadline = time.monotonic() + 20
         while not list((data_dir / "outbox").glob("*.eml")) and time.monotonic() < deadline:
             time.sleep(0.2)

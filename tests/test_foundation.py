@@ -135,7 +135,10 @@ async def test_openapi_describes_every_route(api: Api, app_server) -> None:
     missing = registered - documented
     assert not missing, f"routes missing from /openapi.json: {sorted(missing)}"
     register = doc["paths"]["/api/auth/register"]["post"]
-    assert "requestBody" in register and "201" in register["responses"]
+    assert "requestBody" in register and "202" in register["responses"]
+    assert {"413", "415", "429"} <= set(register["responses"])
+    for route in ("/api/auth/login", "/api/auth/refresh"):
+        assert "401" in doc["paths"][route]["post"]["responses"], route
     docs = await api.get("/docs")
     assert docs.status == 200 and "/openapi.json" in docs.body
 

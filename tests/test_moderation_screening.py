@@ -197,6 +197,14 @@ async def test_avatars_are_screened_whole_on_create_and_on_every_update(grok_app
     avatar = (await api.post("/api/avatars", token=user.access_token,
                              json={**AVATAR, "description": "loves her stepsister"})).body
     assert avatar["status"] == "creating"
+    # Its profile job screens what it writes and changes the avatar: let it finish first, so
+    # the updates below neither race it (409) nor have their verdicts follow its own.
+    for _ in range(200):
+        current = (await api.get(f"/api/avatars/{avatar['id']}", token=user.access_token)).body
+        if current["status"] != "creating":
+            break
+        await asyncio.sleep(0.05)
+    assert current["status"] == "ready", current
     calls = len(xai.classifier_calls())
     # Alone, "kinky" is fine; with the description already there it is step-family incest.
     update = await api.put(f"/api/avatars/{avatar['id']}", token=user.access_token,

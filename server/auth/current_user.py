@@ -1,4 +1,5 @@
-"""Who is calling: the access JWT checked against the user's current token version."""
+"""Who is calling: the access JWT checked against the user's current token version and the
+signed-out sessions."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import bindparam, select
 from db.models import User
 from db.reader import Query
 from server import keys
+from server.auth import revoked_sessions
 from server.auth.tokens import decode_access_token
 from server.errors import EmailNotVerified, TokenRevoked, Unauthorized
 
@@ -25,6 +27,7 @@ class CurrentUser:
     email_verified: bool
     token_version: int
     created_at: datetime
+    session_id: uuid.UUID | None = None  # the signed-in session (refresh token family)
 
     def require_verified(self) -> None:
         if not self.email_verified:
@@ -37,13 +40,8 @@ _COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.to
 _BY_ID = Query(select(*_COLUMNS).where(User.id == bindparam("user_id")))
 
 
-async def user_from_token(reader: asyncpg.Connection, token: str, *, secret: str) -> CurrentUser:
-    """The user behind an access token, if it is valid and not revoked."""
-    claims = decode_access_token(token, secret=secret)
-    return await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
-
-
-async def load_user(reader: asyncpg.Connection, *, user_id: uuid.UUID, token_version: int) -> CurrentUser:
+async def load_user(reader: asyncpg.Connection, *, user_id: uuid.UUID, token_version: int,
+                    session_id: uuid.UUID | None = None) -> CurrentUser:
     """The user as the database knows it now, if active and signed in with this token version."""
     row = await _BY_ID.fetchrow(reader, user_id=user_id)
     if row is None or not row["is_active"]:
@@ -51,7 +49,7 @@ async def load_user(reader: asyncpg.Connection, *, user_id: uuid.UUID, token_ver
     if row["token_version"] != token_version:
         raise TokenRevoked("This session has been signed out; sign in again")
     return CurrentUser(row["id"], row["email"], row["display_name"], row["email_verified"],
-                       row["token_version"], row["created_at"])
+                       row["token_version"], row["created_at"], session_id)
 
 
 def bearer_token(request: web.Request) -> str:
@@ -63,5 +61,9 @@ def bearer_token(request: web.Request) -> str:
 
 
 async def authenticate(request: web.Request, reader: asyncpg.Connection) -> CurrentUser:
-    secret = request.app[keys.settings].jwt_secret.get_secret_value()
-    return await user_from_token(reader, bearer_token(request), secret=secret)
+    """The user behind the request's access token, if it is valid and not revoked."""
+    res = request.app[keys.resources]
+    claims = decode_access_token(bearer_token(request), secret=res.settings.jwt_secret.get_secret_value())
+    await revoked_sessions.ensure_live(res.redis, res.settings, reader, session_id=claims.session_id)
+    return await load_user(reader, user_id=claims.user_id, token_version=claims.token_version,
+                           session_id=claims.session_id)

@@ -34,3 +34,22 @@ def password_reset(settings: Settings, *, to: str, token: str) -> Message:
               '{"token": "<the token>", "password": "<new password>"}', "",
               "If it was not you, ignore this email; your password stays as it is."]
     return Message(to, "Reset your Lustify password", "\n".join(lines) + "\n")
+
+
+def account_exists(settings: Settings, *, to: str) -> Message:
+    """To a known address someone tried to sign up with again (the API answers as for a new one)."""
+    lines = ["Someone tried to create a Lustify account with this email address, but it already has one.",
+             "", "If it was you, sign in instead. Forgot your password? Reset it with:",
+             f"POST {settings.base_url}/api/auth/forgot-password {{\"email\": \"{to}\"}}"]
+    if settings.frontend_url:
+        lines += [f"or at {settings.frontend_url.rstrip('/')}/forgot-password"]
+    lines += ["", "If it was not you, ignore this email; nothing changed."]
+    return Message(to, "You already have a Lustify account", "\n".join(lines) + "\n")
+
+
+def no_account(settings: Settings, *, to: str) -> Message:
+    """To an address without an account that a password reset was asked for."""
+    lines = ["Someone asked to reset the password of a Lustify account for this email address,",
+             "but no account uses it. If it was you, you may have signed up with another address.",
+             "", "If it was not you, ignore this email."]
+    return Message(to, "Reset your Lustify password", "\n".join(lines) + "\n")

@@ -25,6 +25,7 @@ from server.auth.schemas import (
 from server.routing import Routes
 
 routes = Routes(tags=("auth",))
+AUTH_MAX_BODY = 16 * 1024  # the largest auth body (two 1,024-character passwords) is under 13 KB
 
 
 def _meta(request: web.Request) -> dict[str, str | None]:
@@ -37,50 +38,56 @@ async def _limit_email(request: web.Request, email: str) -> None:
     await request.app[keys.resources].rate_limiter.hit("auth", f"email:{email}")
 
 
-@routes.post("/api/auth/register", body=RegisterIn, response=AuthOut, status=201, auth=False,
-             rate_limit="auth", errors=(409,))
-async def register(request: web.Request, session: AsyncSession, body: RegisterIn) -> dict:
-    """Create an account (18+); sends a verification email."""
+@routes.post("/api/auth/register", body=RegisterIn, response=AcceptedOut, status=202, auth=False,
+             rate_limit="auth", max_body=AUTH_MAX_BODY)
+async def register(request: web.Request, body: RegisterIn) -> dict:
+    """Create an account (18+) and email a verification link; the same answer for a known email."""
     await _limit_email(request, body.email)
     res = request.app[keys.resources]
-    created = await service.register(session, data=body, settings=res.settings, queue=res.queue,
-                                     meta=_meta(request))
-    return created.body()
+    await service.register(res.sessionmaker, data=body, settings=res.settings, queue=res.queue)
+    return {"status": "accepted",
+            "message": "Check your inbox: we sent a verification link, then sign in"}
 
 
-@routes.post("/api/auth/login", body=LoginIn, response=AuthOut, auth=False, rate_limit="auth")
-async def login(request: web.Request, session: AsyncSession, body: LoginIn) -> dict:
+@routes.post("/api/auth/login", body=LoginIn, response=AuthOut, auth=False, rate_limit="auth",
+             errors=(401,), max_body=AUTH_MAX_BODY)
+async def login(request: web.Request, body: LoginIn) -> dict:
     """Sign in with email and password."""
     await _limit_email(request, body.email)
     res = request.app[keys.resources]
-    signed_in = await service.login(session, email=body.email, password=body.password,
+    signed_in = await service.login(res.sessionmaker, email=body.email, password=body.password,
                                     settings=res.settings, meta=_meta(request))
     return signed_in.body()
 
 
-@routes.post("/api/auth/refresh", body=RefreshIn, response=AuthOut, auth=False)
+@routes.post("/api/auth/refresh", body=RefreshIn, response=AuthOut, auth=False, errors=(401,),
+             max_body=AUTH_MAX_BODY)
 async def refresh(request: web.Request, session: AsyncSession, body: RefreshIn) -> dict:
     """Exchange a refresh token for new tokens (the old one is spent)."""
     res = request.app[keys.resources]
-    rotated = await service.refresh(session, refresh_token=body.refresh_token,
-                                    settings=res.settings, meta=_meta(request))
+    rotated = await service.refresh(session, refresh_token=body.refresh_token, settings=res.settings,
+                                    redis=res.redis, meta=_meta(request))
     return rotated.body()
 
 
-@routes.post("/api/auth/logout", body=RefreshIn, status=204)
-async def logout(session: AsyncSession, user: CurrentUser, body: RefreshIn) -> None:
-    """Sign out this session (its refresh token family)."""
-    await service.logout(session, user_id=user.id, refresh_token=body.refresh_token)
+@routes.post("/api/auth/logout", body=RefreshIn, status=204, max_body=AUTH_MAX_BODY)
+async def logout(request: web.Request, session: AsyncSession, user: CurrentUser, body: RefreshIn) -> None:
+    """Sign out this session: its refresh tokens, access tokens and sockets, at once."""
+    res = request.app[keys.resources]
+    await service.logout(session, user_id=user.id, session_id=user.session_id,
+                         refresh_token=body.refresh_token, redis=res.redis, settings=res.settings)
 
 
-@routes.get("/api/auth/verify-email/{token}", response=UserOnlyOut, auth=False, rate_limit="auth")
+@routes.get("/api/auth/verify-email/{token}", response=UserOnlyOut, auth=False, rate_limit="auth",
+            errors=(400,))
 async def verify_email(request: web.Request, session: AsyncSession) -> dict:
     """Confirm the email address from the link in the verification email."""
     user = await service.verify_email(session, token=request.match_info["token"])
     return {"user": user}
 
 
-@routes.post("/api/auth/resend-verification", response=AcceptedOut, status=202, rate_limit="auth")
+@routes.post("/api/auth/resend-verification", response=AcceptedOut, status=202, rate_limit="auth",
+             max_body=AUTH_MAX_BODY)
 async def resend_verification(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
     """Send a new verification email."""
     res = request.app[keys.resources]
@@ -89,17 +96,16 @@ async def resend_verification(request: web.Request, session: AsyncSession, user:
 
 
 @routes.post("/api/auth/forgot-password", body=ForgotPasswordIn, response=AcceptedOut, status=202,
-             auth=False, rate_limit="auth")
-async def forgot_password(request: web.Request, session: AsyncSession, body: ForgotPasswordIn) -> dict:
+             auth=False, rate_limit="auth", max_body=AUTH_MAX_BODY)
+async def forgot_password(request: web.Request, body: ForgotPasswordIn) -> dict:
     """Email a password reset link (202 whether or not the account exists)."""
     await _limit_email(request, body.email)
-    res = request.app[keys.resources]
-    await service.forgot_password(session, email=body.email, settings=res.settings, queue=res.queue)
+    await service.forgot_password(email=body.email, queue=request.app[keys.resources].queue)
     return {"status": "accepted", "message": "If an account exists for this email, a reset link is on its way"}
 
 
 @routes.post("/api/auth/reset-password", body=ResetPasswordIn, response=UserOnlyOut, auth=False,
-             rate_limit="auth")
+             rate_limit="auth", max_body=AUTH_MAX_BODY)
 async def reset_password(request: web.Request, session: AsyncSession, body: ResetPasswordIn) -> dict:
     """Set a new password with the emailed token; signs out every session."""
     res = request.app[keys.resources]
@@ -114,7 +120,8 @@ async def get_profile(session: AsyncSession, user: CurrentUser) -> dict:
     return await service.get_profile(session, user_id=user.id)
 
 
-@routes.put("/api/auth/profile", body=ProfileUpdateIn, response=ProfileUpdateOut, errors=(409,))
+@routes.put("/api/auth/profile", body=ProfileUpdateIn, response=ProfileUpdateOut, errors=(409,),
+            max_body=AUTH_MAX_BODY)
 async def update_profile(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: ProfileUpdateIn) -> dict:
     """Change display name, time zone, email or password."""

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis
-from sqlalchemy import func, select, update
+from redis.asyncio import Redis
+from sqlalchemy import DateTime, LargeBinary, String, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from db.models import AuthToken, RefreshToken, User, UserCredits
-from db.session import after_commit
+from db.session import after_commit, run_in_transaction, transaction
 from server import activity
-from server.auth import emails
+from server.auth import emails, revoked_sessions
 from server.auth.passwords import burn_verify, hash_password, verify_password
 from server.auth.schemas import ProfileUpdateIn, RegisterIn
 from server.auth.tokens import issue_access_token, new_opaque_token, token_hash
@@ -34,12 +36,14 @@ from server.errors import (
     ValidationFailed,
 )
 from server.queueing import enqueue
-from server.realtime.sessions import revoke_sockets
+from server.realtime.sessions import revoke_session_sockets, revoke_sockets
 
 VERIFY_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)
 USER_COLUMNS = (User.id, User.email, User.display_name, User.email_verified, User.created_at,
                 User.timezone)
+
+log = logging.getLogger(__name__)
 
 
 class ReusedRefreshToken(TokenRevoked):
@@ -75,12 +79,13 @@ async def _start_session(
     family_id: uuid.UUID | None = None, meta: dict[str, str | None] | None = None,
 ) -> Session:
     refresh = new_opaque_token()
+    family_id = family_id or uuid.uuid4()
     await session.execute(insert(RefreshToken).values(
-        user_id=user_id, family_id=family_id or uuid.uuid4(), token_hash=token_hash(refresh),
+        user_id=user_id, family_id=family_id, token_hash=token_hash(refresh),
         expires_at=_now() + timedelta(days=settings.refresh_token_ttl_days), **(meta or {}),
     ))
     access = issue_access_token(
-        user_id=user_id, token_version=token_version,
+        user_id=user_id, token_version=token_version, session_id=family_id,
         secret=settings.jwt_secret.get_secret_value(), ttl=settings.access_token_ttl_seconds,
     )
     return Session(await _user_row(session, user_id), access, refresh, settings.access_token_ttl_seconds)
@@ -131,11 +136,23 @@ async def _revoke_all_refresh(session: AsyncSession, user_id: uuid.UUID) -> None
 
 
 async def register(
-    session: AsyncSession, *, data: RegisterIn, settings: Settings, queue: ArqRedis,
-    meta: dict[str, str | None] | None = None,
-) -> Session:
-    """Create the account on the free plan with its signup credits; send the verification email."""
+    sessionmaker: async_sessionmaker[AsyncSession], *, data: RegisterIn, settings: Settings,
+    queue: ArqRedis,
+) -> uuid.UUID | None:
+    """Create the account on the free plan with its signup credits and send the verification
+    email; a known address gets an email saying so instead (None), callers the same answer.
+
+    The password is hashed before the transaction opens: no connection waits for bcrypt.
+    """
     password_hash = await hash_password(data.password, rounds=settings.bcrypt_rounds)
+    return await run_in_transaction(sessionmaker, lambda session: _create_account(
+        session, data=data, password_hash=password_hash, settings=settings, queue=queue))
+
+
+async def _create_account(
+    session: AsyncSession, *, data: RegisterIn, password_hash: str, settings: Settings,
+    queue: ArqRedis,
+) -> uuid.UUID | None:
     user_id = (
         await session.execute(
             insert(User)
@@ -146,8 +163,8 @@ async def register(
         )
     ).scalar_one_or_none()
     if user_id is None:
-        raise Conflict("An account with this email already exists",
-                       details=[{"field": "email", "message": "already registered"}])
+        _send_later(session, queue, emails.account_exists(settings, to=data.email))
+        return None
     await session.execute(insert(UserCredits).values(user_id=user_id))
     await activity.record(session, user_id=user_id, type="account.created",
                           message="Welcome to Lustify! Your account is ready.")
@@ -156,27 +173,42 @@ async def register(
     token = await _issue_email_token(session, user_id=user_id, email=data.email,
                                      purpose="verify_email", ttl=VERIFY_TTL)
     _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
-    return await _start_session(session, user_id=user_id, token_version=0, settings=settings, meta=meta)
+    return user_id
 
 
 async def login(
-    session: AsyncSession, *, email: str, password: str, settings: Settings,
-    meta: dict[str, str | None] | None = None,
+    sessionmaker: async_sessionmaker[AsyncSession], *, email: str, password: str,
+    settings: Settings, meta: dict[str, str | None] | None = None,
 ) -> Session:
-    """Same answer and the same bcrypt work whether or not the email exists."""
-    user = (await session.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    """Same answer and the same bcrypt work whether or not the email exists.
+
+    No connection is held while bcrypt runs: logins queue for its few threads
+    (server/auth/passwords.py), and must not hold the pool meanwhile.
+    """
+    async with transaction(sessionmaker) as session:
+        user = (await session.execute(select(User.id, User.password_hash, User.is_active)
+                                      .where(User.email == email))).one_or_none()
     if user is None:
         await burn_verify(password, rounds=settings.bcrypt_rounds)
         raise InvalidCredentials()
     if not await verify_password(password, user.password_hash) or not user.is_active:
         raise InvalidCredentials()
-    user.last_login_at = _now()
-    return await _start_session(session, user_id=user.id, token_version=user.token_version,
-                                settings=settings, meta=meta)
+
+    async def start(session: AsyncSession) -> Session:
+        token_version = (await session.execute(
+            update(User).where(User.id == user.id, User.password_hash == user.password_hash)
+            .values(last_login_at=_now()).returning(User.token_version)
+        )).scalar_one_or_none()
+        if token_version is None:  # the password changed while this one was checked
+            raise InvalidCredentials()
+        return await _start_session(session, user_id=user.id, token_version=token_version,
+                                    settings=settings, meta=meta)
+
+    return await run_in_transaction(sessionmaker, start)
 
 
 async def refresh(
-    session: AsyncSession, *, refresh_token: str, settings: Settings,
+    session: AsyncSession, *, refresh_token: str, settings: Settings, redis: Redis,
     meta: dict[str, str | None] | None = None,
 ) -> Session:
     """Rotate: the presented token is spent; presenting a spent one revokes its family."""
@@ -195,6 +227,12 @@ async def refresh(
             .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
             .values(revoked_at=_now())
         )
+        # A stolen token's session ends everywhere at once: its access tokens and sockets too.
+        try:
+            await revoked_sessions.revoke(redis, settings, session_ids=[row.family_id])
+        except Exception as exc:  # Redis down: the check then reads the family revoked above
+            log.warning("reused refresh token: session %s revoked in PostgreSQL only (%r)", row.family_id, exc)
+        revoke_session_sockets(session, row.user_id, row.family_id)
         raise ReusedRefreshToken("This refresh token was already used; the session is revoked")
     if row.expires_at <= _now():
         raise TokenExpired("The refresh token has expired; sign in again")
@@ -206,20 +244,30 @@ async def refresh(
                                 settings=settings, family_id=row.family_id, meta=meta)
 
 
-async def logout(session: AsyncSession, *, user_id: uuid.UUID, refresh_token: str) -> None:
-    """Revoke the family of this refresh token (if it is the caller's); always succeeds."""
+async def logout(
+    session: AsyncSession, *, user_id: uuid.UUID, session_id: uuid.UUID, refresh_token: str,
+    redis: Redis, settings: Settings,
+) -> None:
+    """Sign out the caller's session and the one of this refresh token (if it is the caller's):
+    their refresh tokens, their access tokens at once, and their open sockets."""
     family = (
         await session.execute(
             select(RefreshToken.family_id).where(RefreshToken.token_hash == token_hash(refresh_token),
                                                  RefreshToken.user_id == user_id)
         )
     ).scalar_one_or_none()
-    if family is not None:
-        await session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=_now())
-        )
+    families = {session_id} | ({family} if family is not None else set())
+    await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == user_id, RefreshToken.family_id.in_(families),
+               RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=_now())
+    )
+    # Before the commit: if Redis cannot take it, the logout fails (503) instead of leaving
+    # access tokens alive; after it, each server closes the sessions' sockets.
+    await revoked_sessions.revoke(redis, settings, session_ids=families)
+    for family_id in families:
+        revoke_session_sockets(session, user_id, family_id)
 
 
 async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
@@ -248,16 +296,38 @@ async def resend_verification(
     _send_later(session, queue, emails.verification(settings, to=user.email, token=token))
 
 
-async def forgot_password(
-    session: AsyncSession, *, email: str, settings: Settings, queue: ArqRedis
-) -> None:
-    """Send a reset link if the account exists; the caller answers 202 either way."""
-    user = (await session.execute(select(User.id, User.is_active).where(User.email == email))).one_or_none()
-    if user is None or not user.is_active:
-        return
-    token = await _issue_email_token(session, user_id=user.id, email=email,
-                                     purpose="reset_password", ttl=RESET_TTL)
-    _send_later(session, queue, emails.password_reset(settings, to=email, token=token))
+PASSWORD_RESET_JOB = "send_password_reset"
+
+
+async def forgot_password(*, email: str, queue: ArqRedis) -> None:
+    """Queue the reset email; whether the account exists is looked up by the job, so the
+    request does the very same work (one enqueue) either way and its timing tells nothing."""
+    await enqueue(queue, PASSWORD_RESET_JOB, email=email)
+
+
+async def password_reset_email(session: AsyncSession, *, email: str, settings: Settings) -> emails.Message:
+    """The job's side: a reset link for an account, or a note that no account uses the address."""
+    # A transaction id either way: its commit then flushes the WAL like one that wrote a token
+    # (a read-only commit skips the flush, ~0.5 ms faster: enough to tell the cases apart).
+    await session.execute(select(func.pg_current_xact_id()))
+    owner = select(User.id).where(User.email == email, User.is_active).scalar_subquery()
+    await session.execute(
+        update(AuthToken)
+        .where(AuthToken.user_id == owner, AuthToken.purpose == "reset_password",
+               AuthToken.used_at.is_(None))
+        .values(used_at=_now())
+    )
+    token = new_opaque_token()
+    issued = (await session.execute(
+        insert(AuthToken)
+        .from_select(["user_id", "purpose", "token_hash", "email", "expires_at"], select(
+            User.id, literal("reset_password", String), literal(token_hash(token), LargeBinary),
+            literal(email, String), literal(_now() + RESET_TTL, DateTime(timezone=True)),
+        ).where(User.email == email, User.is_active))
+        .returning(AuthToken.id)
+    )).first()
+    return (emails.password_reset(settings, to=email, token=token) if issued
+            else emails.no_account(settings, to=email))
 
 
 async def reset_password(

@@ -1,4 +1,8 @@
-"""Access JWTs (HS256, pinned) and opaque random tokens stored only as hashes."""
+"""Access JWTs (HS256, pinned) and opaque random tokens stored only as hashes.
+
+An access token names its session (`sid`: the refresh token family it came from), so a
+logout can revoke that session's access tokens before they expire (revoked_sessions.py).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import jwt
 from server.errors import TokenExpired, Unauthorized
 
 ALGORITHM = "HS256"
-REQUIRED_CLAIMS = ["sub", "exp", "iat", "typ", "ver"]
+REQUIRED_CLAIMS = ["sub", "exp", "iat", "typ", "ver", "sid"]
 LEEWAY = 5
 
 
@@ -23,12 +27,16 @@ class AccessClaims:
     user_id: uuid.UUID
     token_version: int
     expires_at: int
+    session_id: uuid.UUID
 
 
-def issue_access_token(*, user_id: uuid.UUID, token_version: int, secret: str, ttl: int) -> str:
+def issue_access_token(*, user_id: uuid.UUID, token_version: int, secret: str, ttl: int,
+                       session_id: uuid.UUID | None = None) -> str:
+    """A signed access token; without `session_id` it belongs to a session of its own."""
     now = int(time.time())
     claims = {
         "sub": str(user_id), "typ": "access", "ver": token_version,
+        "sid": str(session_id or uuid.uuid4()),
         "iat": now, "exp": now + ttl, "jti": secrets.token_hex(8),
     }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
@@ -41,6 +49,8 @@ def decode_access_token(token: str, *, secret: str, remember: bool = True) -> Ac
     connect): the cache would only hold it, ~0.5 KB, for as long as it is among the
     8192 most recent.
     """
+    if not token.isascii():  # a JWT is base64url; headers can carry undecodable bytes
+        raise Unauthorized("The access token is invalid")
     claims = _verified(token, secret) if remember else _verified.__wrapped__(token, secret)
     if claims.expires_at + LEEWAY < time.time():
         raise TokenExpired("The access token has expired; refresh it")
@@ -50,7 +60,8 @@ def decode_access_token(token: str, *, secret: str, remember: bool = True) -> Ac
 @functools.lru_cache(maxsize=8192)
 def _verified(token: str, secret: str) -> AccessClaims:
     # Only successes are cached (lru_cache does not keep exceptions); revocation is checked
-    # against the database on every request by the caller, so caching cannot resurrect a token.
+    # on every request by the caller (token version in the database, signed-out sessions in
+    # Redis), so caching cannot resurrect a token.
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": REQUIRED_CLAIMS}, leeway=LEEWAY
@@ -63,9 +74,11 @@ def _verified(token: str, secret: str) -> AccessClaims:
         raise Unauthorized("The access token is invalid")
     try:
         user_id = uuid.UUID(str(claims["sub"]))
+        session_id = uuid.UUID(str(claims["sid"]))
     except ValueError as exc:
         raise Unauthorized("The access token is invalid") from exc
-    return AccessClaims(user_id=user_id, token_version=claims["ver"], expires_at=int(claims["exp"]))
+    return AccessClaims(user_id=user_id, token_version=claims["ver"], expires_at=int(claims["exp"]),
+                        session_id=session_id)
 
 
 def new_opaque_token() -> str:

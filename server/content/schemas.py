@@ -27,7 +27,7 @@ class GenerateVideoIn(Input):
     prompt: str = Field(min_length=1, max_length=2000)
     avatar_id: uuid.UUID | None = None
     quality: Quality = "standard"
-    duration_seconds: int = Field(6, ge=1, le=15)
+    duration_seconds: int = Field(6, ge=1, le=15, strict=True)  # not "6", not true
     aspect_ratio: AspectRatio = "16:9"
     source_content_id: uuid.UUID | None = None
 

@@ -24,7 +24,7 @@ from server.auth.current_user import CurrentUser
 from server.content import service as content_service
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.errors import ValidationFailed
-from server.json_io import parse
+from server.json_io import ensure_bounded, parse
 from server.realtime import outbox
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class CancelIn(BaseModel):
 async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
     """Queue a generation: {kind: image|video, request_id?, ...the REST body}; answers the queued
     content (the first answer again for a request_id seen before, as REST's Idempotency-Key)."""
+    ensure_bounded(body)
     if not isinstance(body, dict) or body.get("kind") not in ("image", "video"):
         raise ValidationFailed("kind must be image or video",
                                details=[{"field": "kind", "message": "must be image or video"}])

@@ -11,7 +11,7 @@ class Connection:
     __slots__ = ("user", "expires_at", "window_start", "window_events")
 
     def __init__(self, user: CurrentUser, *, expires_at: float) -> None:
-        self.user = user
+        self.user = user  # user.session_id: the signed-in session, closed by its logout
         self.expires_at = expires_at  # the access token's expiry: actions stop there
         self.window_start = 0.0
         self.window_events = 0

@@ -61,3 +61,7 @@ class Publisher:
         the notice cannot overtake or trail the disconnect.
         """
         await self.redis.publish(self.settings.key("revocations"), str(user_id))
+
+    async def disconnect_session(self, user_id: uuid.UUID | str, session_id: uuid.UUID | str) -> None:
+        """Close the sockets of one session of the user (signed in with its access tokens)."""
+        await self.redis.publish(self.settings.key("revocations"), f"{user_id} {session_id}")

@@ -1,4 +1,5 @@
-"""Every server process listens for revoked sessions and closes that user's sockets here."""
+"""Every server process listens for revoked sessions and closes their sockets here: a message
+is `user_id` (all of the user's sessions) or `user_id session_id` (one signed-in session)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from redis.asyncio import Redis
 log = logging.getLogger(__name__)
 
 OnRevoked = Callable[[str], Awaitable[None]]
+OnSessionRevoked = Callable[[str, str], Awaitable[None]]
 
 
 async def listen_for_revocations(redis_url: str, channel: str, on_revoked: OnRevoked,
-                                 *, subscribed: asyncio.Event | None = None) -> None:
-    """Call `on_revoked(user_id)` for each message on `channel`, reconnecting as needed."""
+                                 *, on_session_revoked: OnSessionRevoked | None = None,
+                                 subscribed: asyncio.Event | None = None) -> None:
+    """Call `on_revoked(user_id)` or `on_session_revoked(user_id, session_id)` for each message
+    on `channel`, reconnecting as needed."""
     backoff = 0.5
     while True:
         # Its own connection without a read timeout: a quiet channel is not a dead one.
@@ -30,9 +34,13 @@ async def listen_for_revocations(redis_url: str, channel: str, on_revoked: OnRev
                     if message.get("type") != "message":
                         continue
                     data = message["data"]
-                    user_id = data.decode() if isinstance(data, bytes) else str(data)
+                    user_id, _, session_id = (
+                        data.decode() if isinstance(data, bytes) else str(data)).partition(" ")
                     try:
-                        await on_revoked(user_id)
+                        if session_id and on_session_revoked is not None:
+                            await on_session_revoked(user_id, session_id)
+                        else:
+                            await on_revoked(user_id)
                     except Exception:
                         log.exception("closing revoked sockets failed")
         except asyncio.CancelledError:

@@ -15,6 +15,7 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from db.session import run_in_transaction
 from server import keys
+from server.auth import revoked_sessions
 from server.auth.current_user import load_user
 from server.auth.tokens import decode_access_token
 from server.config import Settings
@@ -108,7 +109,10 @@ class Realtime:
             claims = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value(),
                                          remember=False)
             async with resources.reader.acquire() as reader:
-                user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version)
+                user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version,
+                                       session_id=claims.session_id)
+                await revoked_sessions.ensure_live(resources.redis, self.settings, reader,
+                                                   session_id=claims.session_id)
                 # The newest event id before the connect is answered: what commits later is live.
                 latest, _ = await outbox.read_since(reader, user_id=user.id, after=outbox.NEWEST)
         except DomainError as exc:
@@ -265,6 +269,16 @@ class Realtime:
                                 ignore_queue=True)
         await asyncio.gather(*(self.cut_off(sid) for sid in sids))
 
+    async def close_revoked_session(self, user_id: str, session_id: str) -> None:
+        """The same, for the sockets of one signed-in session of the user (its logout)."""
+        sids = [sid for sid, _ in self.manager.get_participants(NAMESPACE, user_room(user_id))
+                if (conn := self.connections.get(sid)) is not None
+                and str(conn.user.session_id) == session_id]
+        for sid in sids:
+            await self.sio.emit("session.revoked", {"reason": "signed_out"}, to=sid,
+                                ignore_queue=True)
+        await asyncio.gather(*(self.cut_off(sid) for sid in sids))
+
     # lifecycle
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
@@ -275,7 +289,7 @@ class Realtime:
         subscribed = asyncio.Event()
         listener = asyncio.create_task(listen_for_revocations(
             self.settings.redis_dsn, self.settings.key("revocations"), self.close_revoked,
-            subscribed=subscribed))
+            on_session_revoked=self.close_revoked_session, subscribed=subscribed))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 5)
         catching_up = asyncio.create_task(self._catch_up_forever())

@@ -69,10 +69,16 @@ class Api:
 
     async def register(self, *, email: str | None = None, password: str = "correct horse battery",
                        **extra: Any) -> User:
+        """Sign up (202, no tokens: API.md) and sign in; the account is not verified yet."""
         email = email or f"user-{uuid.uuid4().hex[:12]}@example.com"
         reply = await self.post("/api/auth/register", json={
             "email": email, "password": password, "date_of_birth": "1990-01-01", **extra})
-        assert reply.status == 201, reply
+        assert reply.status == 202, reply
+        return await self.login(email=email.strip().lower(), password=password)
+
+    async def login(self, *, email: str, password: str) -> User:
+        reply = await self.post("/api/auth/login", json={"email": email, "password": password})
+        assert reply.status == 200, reply
         return User(email, password, reply.body["user"]["id"], reply.body["access_token"],
                     reply.body["refresh_token"], reply.body)
 

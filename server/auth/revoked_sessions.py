@@ -1,0 +1,56 @@
+"""Signed-out sessions in Redis, kept as long as their access tokens could still be valid.
+
+Checked on every authenticated request and socket connect without a database read. While
+Redis is unreachable the check reads PostgreSQL instead (logout revokes the session's
+refresh token family there in the same transaction), so a signed-out token stays refused
+and the API stays up, as it does for the rest of what Redis holds. Logout itself needs
+Redis: without it the logout fails (503) rather than leave access tokens that would work
+again once Redis is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import bindparam, exists, select
+
+from db.models import RefreshToken
+from db.reader import Query
+from server.auth.tokens import LEEWAY
+from server.config import Settings
+from server.errors import TokenRevoked
+
+log = logging.getLogger(__name__)
+_FAMILY_REVOKED = Query(select(exists().where(RefreshToken.family_id == bindparam("family_id"),
+                                              RefreshToken.revoked_at.is_not(None))))
+
+
+def _key(settings: Settings, session_id: uuid.UUID | str) -> str:
+    return settings.key("revoked-session", session_id)
+
+
+async def revoke(redis: Redis, settings: Settings, *, session_ids: Iterable[uuid.UUID]) -> None:
+    """From now on, every access token of these sessions answers 401 token_revoked."""
+    ttl = settings.access_token_ttl_seconds + LEEWAY  # no token of them outlives this
+    async with redis.pipeline(transaction=False) as pipe:
+        for session_id in set(session_ids):
+            pipe.set(_key(settings, session_id), 1, ex=ttl)
+        await pipe.execute()
+
+
+async def ensure_live(redis: Redis, settings: Settings, reader: asyncpg.Connection, *,
+                      session_id: uuid.UUID) -> None:
+    """Raise TokenRevoked if this session was signed out."""
+    try:
+        revoked = await redis.exists(_key(settings, session_id))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.warning("session check falls back to PostgreSQL: Redis unavailable (%s)", exc)
+        revoked = (await _FAMILY_REVOKED.fetchrow(reader, family_id=session_id))[0]
+    if revoked:
+        raise TokenRevoked("This session has been signed out; sign in again")
