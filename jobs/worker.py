@@ -1,5 +1,8 @@
 """The arq worker built from Settings: resources in its ctx, a heartbeat, Redis outages
-survived, and a shutdown that hands running jobs back instead of failing them."""
+survived, a shutdown that hands running jobs back instead of failing them, and jobs taken
+in lanes of their own capacity: images and video starts fairly across users from their
+fair sets (server/queueing.py), everything due by time (video polls, retries, emails,
+avatars, crons) from arq's queue."""
 
 from __future__ import annotations
 
@@ -20,11 +23,12 @@ from redis.exceptions import RedisError
 
 from server import logs
 from server.config import Settings
-from server.queueing import worker_heartbeat_key
+from server.queueing import due_jobs, take_fairly, worker_heartbeat_key
 from server.resources import open_resources
 
 log = logging.getLogger("jobs")
 HEARTBEAT_SECONDS = 2.0
+DUE_LOOK = 20_000  # arq keeps running jobs in its queue: how far past them to look for due ones
 
 
 def worker_id() -> str:
@@ -34,12 +38,14 @@ def worker_id() -> str:
 class LustifyWorker(Worker):
     """arq's Worker that outlives Redis outages and beats a heartbeat /health can see."""
 
-    def __init__(self, *args: Any, heartbeat: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, heartbeat: str, lanes: dict[str, int], **kwargs: Any) -> None:
+        super().__init__(*args, max_jobs=sum(lanes.values()), **kwargs)
         self.heartbeat = heartbeat
         self.id = worker_id()
         self._last_beat = 0.0
         self._redis_down_since: float | None = None
+        self.lanes = lanes  # capacity of each lane: "image", "video" (fair), "other" (due by time)
+        self.running: dict[str, dict[str, asyncio.Task]] = {lane: {} for lane in lanes}
 
     def handle_sig(self, signum: Signals) -> None:
         self.ctx["stopping"].set()  # jobs tell a shutdown from a timeout by this
@@ -53,7 +59,7 @@ class LustifyWorker(Worker):
         # arq lets a Redis error out of its poll loop and the worker dies; here it waits
         # for Redis instead (running jobs go on: they use their own connections).
         try:
-            await super()._poll_iteration()
+            await self._pick_jobs()
             await self._beat()
         except (RedisError, OSError) as exc:
             now = time.monotonic()
@@ -65,6 +71,40 @@ class LustifyWorker(Worker):
         if self._redis_down_since is not None:
             log.warning("worker has Redis again after %.1f s", time.monotonic() - self._redis_down_since)
             self._redis_down_since = None
+
+    async def _pick_jobs(self) -> None:
+        """arq's poll iteration, with jobs taken per lane instead of arq's first N due ones."""
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # errors of run_job itself surface, as in arq
+        for lane, running in self.running.items():
+            self.running[lane] = {job_id: task for job_id, task in running.items() if not task.done()}
+        if self.allow_pick_jobs:
+            free = self._free("other")
+            if free:
+                await self._start("other", await due_jobs(self.pool, queue_name=self.queue_name, count=free,
+                                                          look=DUE_LOOK))
+            for kind in ("video", "image"):
+                free = self._free(kind)
+                if free:
+                    await self._start(kind, await take_fairly(self.pool, queue_name=self.queue_name,
+                                                              kind=kind, count=free))
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        await self.heart_beat()
+
+    def _free(self, lane: str) -> int:
+        return max(0, min(self.lanes[lane] - len(self.running[lane]), self.max_jobs - self.job_counter))
+
+    async def _start(self, lane: str, job_ids: list[bytes]) -> None:
+        for raw in job_ids:
+            job_id = raw.decode()
+            before = self.tasks.get(job_id)
+            await self.start_jobs([raw])  # arq's own checks: due, and not running elsewhere
+            task = self.tasks.get(job_id)
+            if task is not None and task is not before:
+                self.running[lane][job_id] = task
 
     async def _beat(self) -> None:
         now = time.time()
@@ -150,7 +190,8 @@ def worker_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
         "redis_settings": RedisSettings.from_dsn(settings.redis_dsn),
         "queue_name": settings.key("queue"),
         "poll_delay": settings.worker_poll_delay_seconds,
-        "max_jobs": 20,
+        "lanes": {"image": settings.worker_image_jobs, "video": settings.worker_video_jobs,
+                  "other": settings.worker_other_jobs},
         "job_timeout": 600,
         "keep_result": 300,
         # arq gives each job a copy of ctx: "stopping" is an object they share, not a flag.

@@ -1,24 +1,150 @@
-"""Enqueueing arq jobs (the caller's request id travels with the job into its logs), and the
-workers' heartbeat that /health reads."""
+"""Enqueueing arq jobs (the caller's request id travels with the job into its logs), the fair
+queue that generation jobs wait in, and the workers' heartbeat that /health reads.
+
+A generation job is an ordinary arq job parked far in the future, plus an entry in its
+kind's fair set scored by a start tag (start-time fair queueing, one unit per job): a
+user's tags go up by one per job, and nobody's tag starts below the tag last taken, so a
+user with a backlog cannot hold back another user's first job by more than one round.
+Workers take from the fair set by tag (`take_fairly`), which makes the job due at once.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
+import weakref
 from typing import Any
 
 from arq.connections import ArqRedis
-from arq.jobs import Job
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import Job, serialize_job
 
 from server.config import Settings
 from server.logs import request_id
 
 WORKER_STALE_SECONDS = 15.0  # no heartbeat this long: no worker is running
+PARK_MS = 86_400_000  # a waiting generation job's arq score: a day ahead, never due by itself
+USER_TAG_TTL_SECONDS = 86_400
+KINDS = ("image", "video")
+_SCRIPTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+# KEYS: job, result, queue, fair set, virtual time, user's next tag.
+# ARGV: job id, job data, parked score, job data lifetime (ms), user tag lifetime (s).
+_ENQUEUE = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return false end
+local tag = math.max(tonumber(redis.call('get', KEYS[5]) or '0'), tonumber(redis.call('get', KEYS[6]) or '0'))
+redis.call('set', KEYS[6], string.format('%d', tag + 1), 'EX', ARGV[5])
+redis.call('psetex', KEYS[1], ARGV[4], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
+redis.call('zadd', KEYS[4], tag, ARGV[1])
+return tag
+"""
+# KEYS: fair set, queue, virtual time. ARGV: how many, now (ms).
+# Entries whose job is gone (finished, expired) are dropped on the way.
+_TAKE = """
+local out, wanted, looked = {}, tonumber(ARGV[1]), 0
+while #out < wanted and looked < wanted * 4 + 100 do
+  local popped = redis.call('zpopmin', KEYS[1])
+  if #popped == 0 then break end
+  looked = looked + 1
+  if redis.call('zscore', KEYS[2], popped[1]) then
+    redis.call('zadd', KEYS[2], ARGV[2], popped[1])
+    out[#out + 1] = popped[1]
+  end
+  if tonumber(popped[2]) > tonumber(redis.call('get', KEYS[3]) or '0') then
+    redis.call('set', KEYS[3], popped[2])
+  end
+end
+return out
+"""
+# KEYS: queue. ARGV: now (ms), in-progress key prefix, how many to look at, how many to return.
+# arq keeps a running job in its queue; skipping those here spares a round trip per job.
+_DUE = """
+local out, wanted = {}, tonumber(ARGV[4])
+for _, id in ipairs(redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
+  if redis.call('exists', ARGV[2] .. id) == 0 then
+    out[#out + 1] = id
+    if #out >= wanted then break end
+  end
+end
+return out
+"""
 
 
 async def enqueue(queue: ArqRedis, function: str, *args: Any, job_id: str | None = None,
                   **kwargs: Any) -> Job | None:
     """Queue `function`; None when a job with this id already exists (arq keeps one)."""
     return await queue.enqueue_job(function, *args, _job_id=job_id, request_id=request_id.get(), **kwargs)
+
+
+def fair_key(queue_name: str, kind: str, *parts: object) -> str:
+    return ":".join([queue_name, "fair", kind, *map(str, parts)])
+
+
+def _script(redis: Any, source: str) -> Any:
+    # Registered once per client; redis-py sends it again after a Redis restart forgot it.
+    scripts = _SCRIPTS.setdefault(redis, {})
+    if source not in scripts:
+        scripts[source] = redis.register_script(source)
+    return scripts[source]
+
+
+async def enqueue_generation(queue: ArqRedis, *, function: str, kind: str, content_id: uuid.UUID | str,
+                             job_id: str, user_id: uuid.UUID | str) -> bool:
+    """Queue a generation job in its kind's fair set; False if a job with this id exists."""
+    name = queue.default_queue_name
+    now = int(time.time() * 1000)
+    data = serialize_job(function, (str(content_id),), {"request_id": request_id.get()}, None, now,
+                         serializer=queue.job_serializer)
+    tag = await _script(queue, _ENQUEUE)(
+        keys=[job_key_prefix + job_id, result_key_prefix + job_id, name, fair_key(name, kind),
+              fair_key(name, kind, "v"), fair_key(name, kind, "u", user_id)],
+        args=[job_id, data, now + PARK_MS, PARK_MS + queue.expires_extra_ms, USER_TAG_TTL_SECONDS])
+    return tag is not None
+
+
+async def take_fairly(redis: Any, *, queue_name: str, kind: str, count: int) -> list[bytes]:
+    """Up to `count` waiting jobs of this kind, lowest tag first, made due now."""
+    if count <= 0:
+        return []
+    return await _script(redis, _TAKE)(
+        keys=[fair_key(queue_name, kind), queue_name, fair_key(queue_name, kind, "v")],
+        args=[count, int(time.time() * 1000)])
+
+
+async def due_jobs(redis: Any, *, queue_name: str, count: int, look: int) -> list[bytes]:
+    """Up to `count` jobs due now that no worker runs (video polls, retries, emails, crons)."""
+    if count <= 0:
+        return []
+    return await _script(redis, _DUE)(
+        keys=[queue_name], args=[int(time.time() * 1000), in_progress_key_prefix, look, count])
+
+
+async def generation_job_alive(queue: ArqRedis, *, kind: str, job_id: str | None) -> bool:
+    """Whether arq still holds this job to run: due, running, deferred, or waiting its turn."""
+    if not job_id:
+        return False
+    name = queue.default_queue_name
+    async with queue.pipeline(transaction=False) as pipe:
+        pipe.exists(in_progress_key_prefix + job_id)
+        pipe.zscore(name, job_id)
+        pipe.zscore(fair_key(name, kind), job_id)
+        running, score, waiting = await pipe.execute()
+    if running:
+        return True
+    if score is None:
+        return False
+    # Parked without a fair entry (lost between Redis writes): it would never become due.
+    return score < time.time() * 1000 + PARK_MS / 2 or waiting is not None
+
+
+async def waiting_generations(redis: Any, *, queue_name: str) -> dict[str, int]:
+    """How many generation jobs of each kind wait for a worker."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for kind in KINDS:
+            pipe.zcard(fair_key(queue_name, kind))
+        counts = await pipe.execute()
+    return dict(zip(KINDS, counts, strict=True))
 
 
 def worker_heartbeat_key(settings: Settings) -> str:

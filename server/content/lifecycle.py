@@ -50,6 +50,7 @@ class Attempt:
     job_id: str
     number: int
     row: dict[str, Any]
+    claimed: bool = True  # False: a video's poll went on with the attempt an earlier run claimed
 
     @property
     def user_id(self) -> uuid.UUID:
@@ -102,6 +103,25 @@ async def claim(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, le
         return None
     _progress(session, row, status="processing", stage="starting")
     return Attempt(content_id, job_id, row["attempts"], dict(row))
+
+
+async def resume(session: AsyncSession, *, content_id: uuid.UUID, job_id: str,
+                 lease_seconds: int) -> Attempt | None:
+    """A video's next poll: its processing row, for the job the row names, already holding a
+    provider request; the lease renewed, no new attempt. None if there is no such row.
+
+    Safe to run twice: it pays nothing, and every later move is a compare-and-set as a claim's.
+    """
+    row = (await session.execute(
+        update(C)
+        .where(C.id == content_id, C.job_id == job_id, C.status == "processing",
+               C.provider_request_id.is_not(None))
+        .values(deadline_at=sql.now() + timedelta(seconds=lease_seconds))
+        .returning(*COLUMNS, C.charge_key, C.provider_request_id, LATEST_EVENT)
+    )).mappings().one_or_none()
+    if row is None:
+        return None
+    return Attempt(content_id, job_id, row["attempts"], dict(row), claimed=False)
 
 
 async def exhausted(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, max_attempts: int) -> bool:
@@ -193,12 +213,13 @@ async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, atte
 async def hand_back(session: AsyncSession, *, attempt: Attempt, stage: str, counts: bool) -> bool:
     """processing -> queued for the same job id (a retry, or another worker after a shutdown).
 
-    An attempt that did not fail on its own (a shutdown, a lost database) does not count.
+    An attempt that did not fail on its own (a shutdown, a lost database) does not count:
+    the claim's increment is undone (a video's poll claimed nothing, so nothing to undo).
     """
     row = (await session.execute(
         update(C).where(*attempt.mine())
         .values(status="queued", stage=stage, deadline_at=None,
-                attempts=C.attempts if counts else C.attempts - 1)
+                attempts=C.attempts if counts or not attempt.claimed else C.attempts - 1)
         .returning(C.id, C.user_id, C.progress, LATEST_EVENT)
     )).mappings().one_or_none()
     if row is None:
