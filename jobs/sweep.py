@@ -55,8 +55,11 @@ async def sweep_generations(ctx: dict[str, Any]) -> dict[str, int]:
             select(*columns).where(C.status == "processing", C.deadline_at < sql.now())
             .order_by(C.deadline_at).limit(BATCH)
         )).all()
+    # A live run claims its row at once, or within the database patience (twice: resume, claim).
+    claims_within = int((2 * settings.generation_db_patience_seconds + 10) * 1000)
+    running_for = (ctx["in_progress_ms"], claims_within) if "in_progress_ms" in ctx else None
     for row in stale_queued:
-        if (not await generation_job_alive(res.queue, kind=row.type, job_id=row.job_id)
+        if (not await generation_job_alive(res.queue, kind=row.type, job_id=row.job_id, running_for_ms=running_for)
                 and await _take_over(res, row, reason="sweep")):
             counts["requeued"] += 1
     for row in expired:

@@ -46,6 +46,8 @@ class LustifyWorker(Worker):
         self._redis_down_since: float | None = None
         self.lanes = lanes  # capacity of each lane: "image", "video" (fair), "other" (due by time)
         self.running: dict[str, dict[str, asyncio.Task]] = {lane: {} for lane in lanes}
+        self._finishing: set[asyncio.Task] = set()
+        self.ctx["in_progress_ms"] = int(self.in_progress_timeout_s * 1000)  # the sweep reads it
 
     def handle_sig(self, signum: Signals) -> None:
         self.ctx["stopping"].set()  # jobs tell a shutdown from a timeout by this
@@ -116,8 +118,23 @@ class LustifyWorker(Worker):
             pipe.zremrangebyscore(self.heartbeat, "-inf", now - 3600)
             await pipe.execute()
 
+    async def finish_job(self, *args: Any, **kwargs: Any) -> None:
+        task = asyncio.current_task()  # arq shields it: a task of its own
+        assert task is not None
+        self._finishing.add(task)
+        try:
+            await super().finish_job(*args, **kwargs)
+        finally:
+            self._finishing.discard(task)
+
     async def close(self) -> None:
         if self._pool is not None:
+            # arq's close stops at the first job cancelled while it was being finished, and the
+            # process exits with other jobs' bookkeeping undone: a handed-back job would then
+            # look running for minutes. Every job's end is written first.
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+            self.tasks.clear()
             try:
                 await self.pool.zrem(self.heartbeat, self.id)
             except (RedisError, OSError):

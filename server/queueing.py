@@ -120,18 +120,25 @@ async def due_jobs(redis: Any, *, queue_name: str, count: int, look: int) -> lis
         keys=[queue_name], args=[int(time.time() * 1000), in_progress_key_prefix, look, count])
 
 
-async def generation_job_alive(queue: ArqRedis, *, kind: str, job_id: str | None) -> bool:
-    """Whether arq still holds this job to run: due, running, deferred, or waiting its turn."""
+async def generation_job_alive(queue: ArqRedis, *, kind: str, job_id: str | None,
+                               running_for_ms: tuple[int, int] | None = None) -> bool:
+    """Whether arq still holds this queued generation's job to run: due, running, deferred, or
+    waiting its turn.
+
+    `running_for_ms` is (arq's in-progress key lifetime, the longest a live run may take to
+    claim its row): a job marked running for longer than that without claiming its row ran on
+    a worker that died (arq would only retry it once the marker expires, minutes later).
+    """
     if not job_id:
         return False
     name = queue.default_queue_name
     async with queue.pipeline(transaction=False) as pipe:
-        pipe.exists(in_progress_key_prefix + job_id)
+        pipe.pttl(in_progress_key_prefix + job_id)
         pipe.zscore(name, job_id)
         pipe.zscore(fair_key(name, kind), job_id)
         running, score, waiting = await pipe.execute()
-    if running:
-        return True
+    if running > 0 or running == -1:
+        return running_for_ms is None or running_for_ms[0] - running < running_for_ms[1]
     if score is None:
         return False
     # Parked without a fair entry (lost between Redis writes): it would never become due.

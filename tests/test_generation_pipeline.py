@@ -47,6 +47,14 @@ async def _rows(database_url: str, ids: list[str]) -> dict[str, asyncpg.Record]:
     return {r["id"]: r for r in rows}
 
 
+async def _job_of(database_url: str, content_id: str) -> str:
+    conn = await asyncpg.connect(_asyncpg_dsn(database_url))
+    try:
+        return await conn.fetchval("SELECT job_id FROM generated_content WHERE id = $1::uuid", content_id)
+    finally:
+        await conn.close()
+
+
 async def _all_final(api: Api, user: User, ids: list[str], timeout: float = 60) -> None:
     for content_id in ids:
         done = await wait_for_content(api, user, content_id, timeout=timeout)
@@ -193,7 +201,12 @@ async def test_the_sweep_recovers_a_video_whose_poll_job_was_lost_without_paying
         assert await res.queue.zrem(queue, content_id) == 1
         await res.queue.delete(job_key_prefix + content_id)
         await asyncio.sleep(2.5)
-        assert (await sweep_generations({"res": res}))["taken_over"] == 1
+
+        async def taken_over() -> bool:  # the database shares other tests' rows: look at ours
+            await sweep_generations({"res": res})
+            return (await _job_of(database_url, content_id)).startswith(f"{content_id}:takeover")
+
+        await _until(taken_over, timeout=10)
         async with running_worker(configured):
             done = await wait_for_content(api, user, content_id, timeout=30)
         assert done["status"] == "completed" and done["attempts"] == 2, done
@@ -205,7 +218,7 @@ async def test_the_sweep_recovers_a_video_whose_poll_job_was_lost_without_paying
 
 
 async def test_a_parked_job_that_lost_its_fair_place_is_requeued_by_the_sweep(
-        api: Api, app_server, settings) -> None:
+        api: Api, app_server, settings, database_url) -> None:
     res = app_server.app[keys.resources]
     async with running_worker(settings):
         user = await verified_user(api, settings.data_dir / "outbox")
@@ -215,10 +228,39 @@ async def test_a_parked_job_that_lost_its_fair_place_is_requeued_by_the_sweep(
     view = type("R", (), {})()
     view.__dict__.update(res.__dict__)
     view.settings = quick
-    assert (await sweep_generations({"res": view}))["requeued"] == 0  # waiting its turn: alive
+    await sweep_generations({"res": view})
+    assert await _job_of(database_url, content_id) == content_id  # waiting its turn: alive, left alone
     assert await res.queue.zrem(fair_key(settings.key("queue"), "image"), content_id) == 1
-    assert (await sweep_generations({"res": view}))["requeued"] == 1  # parked for a day, reachable by nobody
+    await sweep_generations({"res": view})
+    assert (await _job_of(database_url, content_id)).startswith(f"{content_id}:sweep")  # parked, reachable by nobody
     async with running_worker(settings):
         done = await wait_for_content(api, user, content_id)
     assert done["status"] == "completed" and done["attempts"] == 1
     assert await balance(api, user) == 20
+
+
+async def test_a_queued_generation_whose_job_died_before_claiming_it_is_requeued(
+        api: Api, app_server, settings, database_url) -> None:
+    """A worker killed between starting a job and claiming its row leaves arq's running mark for
+    minutes; the sweep does not wait for it to expire."""
+    from arq.constants import in_progress_key_prefix
+
+    res = app_server.app[keys.resources]
+    async with running_worker(settings):
+        user = await verified_user(api, settings.data_dir / "outbox")
+    queued = await api.post(IMAGE, token=user.access_token, json={"prompt": "orphaned"})
+    content_id = queued.body["id"]
+    view = type("R", (), {})()
+    view.__dict__.update(res.__dict__)
+    view.settings = settings.model_copy(update={"queued_grace_seconds": 0, "generation_db_patience_seconds": 1})
+    marker, lifetime = in_progress_key_prefix + content_id, 310_000
+    await res.queue.set(marker, b"1", px=lifetime)  # just started: a live run, left alone
+    await sweep_generations({"res": view, "in_progress_ms": lifetime})
+    assert await _job_of(database_url, content_id) == content_id
+    await res.queue.set(marker, b"1", px=lifetime - 20_000)  # marked 20 s ago and never claimed
+    await sweep_generations({"res": view, "in_progress_ms": lifetime})
+    assert (await _job_of(database_url, content_id)).startswith(f"{content_id}:sweep")
+    async with running_worker(settings):
+        done = await wait_for_content(api, user, content_id)
+    assert done["status"] == "completed" and done["attempts"] == 1
+    await res.queue.delete(marker)
