@@ -185,15 +185,14 @@ class GenerationRun:
             # A re-run polls the request it has instead of paying for a second video.
             return await self._video_files(await self._poll(row["provider_request_id"]))
         seed, profile = await self._avatar()
-        prompt = row["enhanced_prompt"]
+        prompt, enhanced = row["enhanced_prompt"], {}
         if prompt is None:
-            await self.step("enhancing_prompt", 10)
             prompt = await ai.enhance_prompt(prompt=row["prompt"], kind=row["type"], profile=profile)
             await self.res.moderator.screen_enhanced_prompt(prompt, user_id=row["user_id"])
-            await self.step("enhancing_prompt", 20, enhanced_prompt=prompt)
+            enhanced = {"enhanced_prompt": prompt}  # kept with the next step: a re-run reuses it
         params = row["params"]
         if row["type"] == "image":
-            await self.step("generating", 30)
+            await self.step("generating", 30, **enhanced)
             image = await ai.generate_image(prompt=prompt, seed=seed, quality=row["quality"],
                                             aspect_ratio=params.get("aspect_ratio", "1:1"))
             await self.step("storing", 85)
@@ -202,11 +201,11 @@ class GenerationRun:
             await self._store(key, image.data, image.content_type)
             await self._store(thumb_key, await asyncio.to_thread(thumbnail_jpeg, image.data), "image/jpeg")
             return key, thumb_key
-        request_id = await self._start_video(prompt, seed, params)
+        request_id = await self._start_video(prompt, seed, params, enhanced)
         return await self._video_files(await self._poll(request_id))  # a quick provider is done at once
 
-    async def _start_video(self, prompt: str, seed: int, params: dict[str, Any]) -> str:
-        await self.step("generating", 30)
+    async def _start_video(self, prompt: str, seed: int, params: dict[str, Any], enhanced: dict[str, str]) -> str:
+        await self.step("generating", 30, **enhanced)
         image_url = image_data = None
         if params.get("source_content_id"):
             image_url, image_data = await self._source_image(uuid.UUID(params["source_content_id"]))
