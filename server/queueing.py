@@ -39,17 +39,19 @@ redis.call('zadd', KEYS[3], ARGV[3], ARGV[1])
 redis.call('zadd', KEYS[4], tag, ARGV[1])
 return tag
 """
-# KEYS: fair set, queue, virtual time. ARGV: how many, now (ms).
-# Entries whose job is gone (finished, expired) are dropped on the way.
+# KEYS: fair set, queue, virtual time. ARGV: how many, now (ms), in-progress key prefix and lifetime (ms).
+# Each job taken is made due now and marked running by this worker, as arq marks a job it
+# starts; entries whose job is gone (finished, expired) or runs elsewhere are dropped.
 _TAKE = """
 local out, wanted, looked = {}, tonumber(ARGV[1]), 0
 while #out < wanted and looked < wanted * 4 + 100 do
   local popped = redis.call('zpopmin', KEYS[1])
   if #popped == 0 then break end
   looked = looked + 1
-  if redis.call('zscore', KEYS[2], popped[1]) then
-    redis.call('zadd', KEYS[2], ARGV[2], popped[1])
-    out[#out + 1] = popped[1]
+  local id = popped[1]
+  if redis.call('zscore', KEYS[2], id) and redis.call('set', ARGV[3] .. id, '1', 'PX', ARGV[4], 'NX') then
+    redis.call('zadd', KEYS[2], ARGV[2], id)
+    out[#out + 1] = id
   end
   if tonumber(popped[2]) > tonumber(redis.call('get', KEYS[3]) or '0') then
     redis.call('set', KEYS[3], popped[2])
@@ -57,13 +59,16 @@ while #out < wanted and looked < wanted * 4 + 100 do
 end
 return out
 """
-# KEYS: queue. ARGV: now (ms), in-progress key prefix, how many to look at, how many to return.
-# arq keeps a running job in its queue; skipping those here spares a round trip per job.
+# KEYS: queue. ARGV: now (ms), in-progress key prefix, how many to look at, how many to
+# return, in-progress lifetime (ms). Returns id, score, id, score... of the jobs marked.
+# arq keeps a running job in its queue: skipping those here spares round trips per job.
 _DUE = """
-local out, wanted = {}, tonumber(ARGV[4])
-for _, id in ipairs(redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])) do
-  if redis.call('exists', ARGV[2] .. id) == 0 then
-    out[#out + 1] = id
+local out, wanted = {}, tonumber(ARGV[4]) * 2
+local due = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #due, 2 do
+  if redis.call('set', ARGV[2] .. due[i], '1', 'PX', ARGV[5], 'NX') then
+    out[#out + 1] = due[i]
+    out[#out + 1] = due[i + 1]
     if #out >= wanted then break end
   end
 end
@@ -103,21 +108,27 @@ async def enqueue_generation(queue: ArqRedis, *, function: str, kind: str, conte
     return tag is not None
 
 
-async def take_fairly(redis: Any, *, queue_name: str, kind: str, count: int) -> list[bytes]:
-    """Up to `count` waiting jobs of this kind, lowest tag first, made due now."""
+async def take_fairly(redis: Any, *, queue_name: str, kind: str, count: int,
+                      running_ms: int) -> list[tuple[str, int]]:
+    """Up to `count` waiting jobs of this kind, lowest tag first, made due now and marked
+    running (for `running_ms`, as arq marks the jobs it starts): (job id, score) each."""
     if count <= 0:
         return []
-    return await _script(redis, _TAKE)(
+    now = int(time.time() * 1000)
+    taken = await _script(redis, _TAKE)(
         keys=[fair_key(queue_name, kind), queue_name, fair_key(queue_name, kind, "v")],
-        args=[count, int(time.time() * 1000)])
+        args=[count, now, in_progress_key_prefix, running_ms])
+    return [(job_id.decode(), now) for job_id in taken]
 
 
-async def due_jobs(redis: Any, *, queue_name: str, count: int, look: int) -> list[bytes]:
-    """Up to `count` jobs due now that no worker runs (video polls, retries, emails, crons)."""
+async def due_jobs(redis: Any, *, queue_name: str, count: int, look: int, running_ms: int) -> list[tuple[str, int]]:
+    """Up to `count` jobs due now that no worker runs (video polls, retries, emails, crons),
+    marked running as `take_fairly` does: (job id, score) each."""
     if count <= 0:
         return []
-    return await _script(redis, _DUE)(
-        keys=[queue_name], args=[int(time.time() * 1000), in_progress_key_prefix, look, count])
+    found = await _script(redis, _DUE)(
+        keys=[queue_name], args=[int(time.time() * 1000), in_progress_key_prefix, look, count, running_ms])
+    return [(found[i].decode(), int(float(found[i + 1]))) for i in range(0, len(found), 2)]
 
 
 async def generation_job_alive(queue: ArqRedis, *, kind: str, job_id: str | None,

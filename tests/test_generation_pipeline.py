@@ -85,9 +85,9 @@ async def test_one_users_backlog_does_not_hold_back_another_users_first_job(
     # FIFO would have made B wait for ~20 of A's jobs, ~10 job times with two slots.
     assert len(overtaken) <= 1, (waited, job_time, len(overtaken))
     assert waited <= job_time + 1.0, (waited, job_time)
-    # Among A's own jobs the order stays first come, first served.
-    by_start = sorted(theirs, key=lambda r: r["started_at"])
-    assert [r["id"] for r in by_start] == backlog
+    # Among A's own jobs the order stays first come, first served (up to jobs started together).
+    by_start = [r["id"] for r in sorted(theirs, key=lambda r: r["started_at"])]
+    assert all(abs(by_start.index(content_id) - i) < 2 for i, content_id in enumerate(backlog)), by_start
 
 
 @pytest.fixture

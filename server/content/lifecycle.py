@@ -20,13 +20,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import asyncpg
+from sqlalchemy import bindparam, select, update
 from sqlalchemy import func as sql
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.faults import is_transient
 from db.models import GeneratedContent as C
 from db.models import UserCredits
+from db.reader import Query
 from db.session import run_in_transaction
 from server import activity
 from server.content.queries import COLUMNS, UNFINISHED, render
@@ -111,20 +113,22 @@ async def claim(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, le
     return Attempt(content_id, job_id, row["attempts"], dict(row))
 
 
-async def resume(session: AsyncSession, *, content_id: uuid.UUID, job_id: str,
-                 lease_seconds: int) -> Attempt | None:
-    """A video's next poll: its processing row, for the job the row names, already holding a
-    provider request; the lease renewed, no new attempt. None if there is no such row.
+_RESUMABLE = Query(  # what a poll needs of the row, nothing more
+    select(K.id, K.user_id, K.type, K.status, K.attempts, K.started_at, K.provider_request_id)
+    .where(K.id == bindparam("content_id"), K.job_id == bindparam("job_id"), K.status == "processing",
+           K.provider_request_id.is_not(None)))
 
-    Safe to run twice: it pays nothing, and every later move is a compare-and-set as a claim's.
+
+async def resume(reader: asyncpg.Pool, *, content_id: uuid.UUID, job_id: str) -> Attempt | None:
+    """A video's next poll: its processing row, for the job the row names, already holding a
+    provider request; no new attempt. None if there is no such row.
+
+    A plain read (a video is polled every few seconds): the poll pays nothing, and the step
+    after it is the compare-and-set that renews the lease or finds the row taken over. Safe
+    to run twice.
     """
-    row = (await session.execute(
-        update(CONTENT)
-        .where(K.id == content_id, K.job_id == job_id, K.status == "processing",
-               K.provider_request_id.is_not(None))
-        .values(deadline_at=sql.now() + timedelta(seconds=lease_seconds))
-        .returning(*CONTENT_COLUMNS, K.charge_key, K.provider_request_id, LATEST_EVENT)
-    )).mappings().one_or_none()
+    async with reader.acquire() as conn:
+        row = await _RESUMABLE.fetchrow(conn, content_id=content_id, job_id=job_id)
     if row is None:
         return None
     return Attempt(content_id, job_id, row["attempts"], dict(row), claimed=False)

@@ -85,11 +85,10 @@ class GenerationRun:
     async def begin(self) -> bool:
         """Go on polling a video this job started, else claim the row; False if not ours to run."""
         if self.kind != "image":
-            lease = self.settings.generation_lease_seconds
-            self.attempt = await self._move(lambda session: lifecycle.resume(
-                session, content_id=self.content_id, job_id=self.job_id, lease_seconds=lease))
+            self.attempt = await lifecycle.resume(self.res.reader, content_id=self.content_id, job_id=self.job_id)
             if self.attempt is not None:
-                self.lease_until = time.monotonic() + lease
+                # Its lease holds at least until this poll's step renews it (a compare-and-set).
+                self.lease_until = time.monotonic() + self.settings.generation_lease_seconds
                 return True
         return await self.claim()
 
