@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 from signal import Signals
 from typing import Any
 
+from arq import Retry
 from arq.connections import RedisSettings
 from arq.worker import Worker
 from redis.exceptions import RedisError
@@ -35,6 +36,17 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class QuietPolls(logging.Filter):
+    """Drops arq's start and retry lines of a rendering video's polls (one each per poll,
+    hundreds a second with hundreds of videos) unless the jobs logger is at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        poll = (len(args) > 1 and str(args[1]).endswith(":generate_video")
+                and ("retrying" in str(record.msg) or "try=" in str(args[-1])))
+        return not poll or log.isEnabledFor(logging.DEBUG)
+
+
 class LustifyWorker(Worker):
     """arq's Worker that outlives Redis outages and beats a heartbeat /health can see."""
 
@@ -48,6 +60,9 @@ class LustifyWorker(Worker):
         self.running: dict[str, dict[str, asyncio.Task]] = {lane: {} for lane in lanes}
         self._finishing: set[asyncio.Task] = set()
         self.ctx["in_progress_ms"] = int(self.in_progress_timeout_s * 1000)  # the sweep reads it
+        arq_log = logging.getLogger("arq.worker")
+        if not any(isinstance(f, QuietPolls) for f in arq_log.filters):
+            arq_log.addFilter(QuietPolls())
 
     def handle_sig(self, signum: Signals) -> None:
         self.ctx["stopping"].set()  # jobs tell a shutdown from a timeout by this
@@ -166,13 +181,18 @@ def traced(coroutine: Any) -> Any:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         outcome = "failed"
+        level = logging.INFO
         try:
             result = await coroutine(ctx, *args, **kwargs)
             outcome = result if isinstance(result, str) else "done"
             return result
+        except Retry as again:
+            # A video's poll, or a retry the run has already logged: hundreds a second at load.
+            level, outcome = logging.DEBUG, f"runs again in {(again.defer_score or 0) / 1000:.1f} s"
+            raise
         finally:
-            log.info("job %s (%s) %s in %.0f ms", coroutine.__name__, ctx.get("job_id"), outcome,
-                     (time.perf_counter() - started) * 1000, extra={"request_id": rid})
+            log.log(level, "job %s (%s) %s in %.0f ms", coroutine.__name__, ctx.get("job_id"), outcome,
+                    (time.perf_counter() - started) * 1000, extra={"request_id": rid})
             logs.request_id.reset(token)
 
     return run

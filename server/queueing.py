@@ -25,7 +25,6 @@ from server.logs import request_id
 WORKER_STALE_SECONDS = 15.0  # no heartbeat this long: no worker is running
 PARK_MS = 86_400_000  # a waiting generation job's arq score: a day ahead, never due by itself
 USER_TAG_TTL_SECONDS = 86_400
-KINDS = ("image", "video")
 _SCRIPTS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 # KEYS: job, result, queue, fair set, virtual time, user's next tag.
@@ -154,15 +153,6 @@ async def generation_job_alive(queue: ArqRedis, *, kind: str, job_id: str | None
         return False
     # Parked without a fair entry (lost between Redis writes): it would never become due.
     return score < time.time() * 1000 + PARK_MS / 2 or waiting is not None
-
-
-async def waiting_generations(redis: Any, *, queue_name: str) -> dict[str, int]:
-    """How many generation jobs of each kind wait for a worker."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for kind in KINDS:
-            pipe.zcard(fair_key(queue_name, kind))
-        counts = await pipe.execute()
-    return dict(zip(KINDS, counts, strict=True))
 
 
 def worker_heartbeat_key(settings: Settings) -> str:

@@ -264,3 +264,19 @@ async def test_a_queued_generation_whose_job_died_before_claiming_it_is_requeued
         done = await wait_for_content(api, user, content_id)
     assert done["status"] == "completed" and done["attempts"] == 1
     await res.queue.delete(marker)
+
+
+def test_arqs_lines_for_each_poll_of_a_rendering_video_are_left_out() -> None:
+    import logging
+
+    from jobs.worker import QuietPolls
+
+    def line(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("arq.worker", logging.INFO, __file__, 1, msg, args, None)
+
+    quiet = QuietPolls()
+    assert not quiet.filter(line("%6.2fs → %s(%s)%s", 1.0, "c1:generate_video", "'c1'", " try=7"))
+    assert not quiet.filter(line("%6.2fs ↻ %s retrying job in %0.2fs", 0.1, "c1:generate_video", 5.0))
+    assert quiet.filter(line("%6.2fs → %s(%s)%s", 1.0, "c1:generate_video", "'c1'", ""))  # its first run
+    assert quiet.filter(line("%6.2fs ↻ %s retrying job in %0.2fs", 0.1, "c2:generate_image", 2.0))
+    assert quiet.filter(line("%6.2fs ← %s ● %s", 9.0, "c1:generate_video", "'completed'"))
