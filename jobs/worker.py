@@ -48,7 +48,8 @@ class QuietPolls(logging.Filter):
 
 
 class LustifyWorker(Worker):
-    """arq's Worker that outlives Redis outages and beats a heartbeat /health can see."""
+    """arq's Worker that outlives Redis outages, beats a heartbeat /health can see, and takes
+    jobs in lanes of their own capacity."""
 
     def __init__(self, *args: Any, heartbeat: str, lanes: dict[str, int], **kwargs: Any) -> None:
         super().__init__(*args, max_jobs=sum(lanes.values()), **kwargs)
