@@ -28,7 +28,7 @@ USERS = 20
 
 
 async def make_users(url: str, count: int) -> list[uuid.UUID]:
-    """Verified users with enough credits, the ledger kept equal to the balance."""
+    """Verified Enterprise users with enough credits, the ledger kept equal to the balance."""
     conn = await asyncpg.connect(_dsn(url))
     users = [uuid.uuid4() for _ in range(count)]
     credits = 5 * GENERATIONS * 2
@@ -40,6 +40,10 @@ async def make_users(url: str, count: int) -> list[uuid.UUID]:
                                user, credits)
             await conn.execute("INSERT INTO credit_transactions (user_id, amount, balance_after, type, idempotency_key) "
                                "VALUES ($1, $2, $2, 'grant', $3)", user, credits, f"bench:{user}")
+            # Enterprise: its cap on generations in progress (200) never stops the benchmark.
+            await conn.execute("INSERT INTO user_subscriptions (user_id, plan_id, status, current_period_start, "
+                               "current_period_end) VALUES ($1, 'enterprise', 'active', now(), now() + interval "
+                               "'30 days')", user)
     await conn.close()
     return users
 

@@ -1,7 +1,7 @@
 """The cron sweep: no charged generation is ever lost.
 
-Queued content whose job is missing (Redis lost it, or the enqueue after commit failed)
-gets a new job; processing content whose lease expired (its worker died) is taken over
+Queued content whose job is missing (Redis lost it, the enqueue after commit failed, or
+it is parked without its place in the fair queue) gets a new job; processing content whose lease expired (its worker died) is taken over
 by a new job, or failed and refunded once its attempts are used up. Every takeover is a
 compare-and-set on what the sweep read, so a live run is never superseded by mistake.
 """
@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 from arq.cron import cron
-from arq.jobs import Job, JobStatus
 from sqlalchemy import func as sql
 from sqlalchemy import select
 
@@ -21,25 +20,11 @@ from db.models import GeneratedContent as C
 from server.content import lifecycle
 from server.content.runner import fail_generation
 from server.content.service import JOB_FOR_KIND
-from server.queueing import enqueue
+from server.queueing import enqueue_generation, generation_job_alive
 from server.resources import Resources
 
 log = logging.getLogger(__name__)
 BATCH = 200
-
-
-async def _job_waiting(res: Resources, job_id: str | None) -> bool:
-    """True if arq still holds the job to run (queued, or deferred by a retry's backoff).
-
-    "In progress" does not count for a row that is still queued past the grace: a live
-    worker claims the row the moment it starts the job, so that worker died (its arq
-    in-progress mark outlives it for the job timeout). A takeover is a compare-and-set, so
-    a slow but live worker only loses the row, never runs it twice.
-    """
-    if not job_id:
-        return False
-    status = await Job(job_id, res.queue, _queue_name=res.settings.key("queue")).status()
-    return status in (JobStatus.queued, JobStatus.deferred)
 
 
 async def _take_over(res: Resources, row: Any, *, reason: str) -> bool:
@@ -48,7 +33,8 @@ async def _take_over(res: Resources, row: Any, *, reason: str) -> bool:
         session, content_id=row.id, seen_job_id=row.job_id, seen_status=row.status,
         seen_attempts=row.attempts, new_job_id=job_id), patience=0)
     if moved:
-        await enqueue(res.queue, JOB_FOR_KIND[row.type], str(row.id), job_id=job_id)
+        await enqueue_generation(res.queue, function=JOB_FOR_KIND[row.type], kind=row.type, content_id=row.id,
+                                 job_id=job_id, user_id=row.user_id)
         log.warning("sweep gave %s content %s a new job %s (%s)", row.type, row.id, job_id, reason)
     return moved
 
@@ -57,7 +43,7 @@ async def sweep_generations(ctx: dict[str, Any]) -> dict[str, int]:
     res: Resources = ctx["res"]
     settings = res.settings
     counts = {"requeued": 0, "taken_over": 0, "failed": 0}
-    columns = (C.id, C.type, C.status, C.job_id, C.attempts)
+    columns = (C.id, C.user_id, C.type, C.status, C.job_id, C.attempts)
     async with res.sessionmaker() as session:
         stale_queued = (await session.execute(
             select(*columns).where(
@@ -69,8 +55,12 @@ async def sweep_generations(ctx: dict[str, Any]) -> dict[str, int]:
             select(*columns).where(C.status == "processing", C.deadline_at < sql.now())
             .order_by(C.deadline_at).limit(BATCH)
         )).all()
+    # A live run claims its row at once, or within the database patience (twice: resume, claim).
+    claims_within = int((2 * settings.generation_db_patience_seconds + 10) * 1000)
+    running_for = (ctx["in_progress_ms"], claims_within) if "in_progress_ms" in ctx else None
     for row in stale_queued:
-        if not await _job_waiting(res, row.job_id) and await _take_over(res, row, reason="sweep"):
+        if (not await generation_job_alive(res.queue, kind=row.type, job_id=row.job_id, running_for_ms=running_for)
+                and await _take_over(res, row, reason="sweep")):
             counts["requeued"] += 1
     for row in expired:
         if row.attempts >= settings.generation_max_attempts:

@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     grok_image_model: str = "grok-imagine-image"
     grok_video_model: str = "grok-imagine-video"
     grok_timeout_seconds: float = 120.0
+    grok_max_connections: int = Field(1000, ge=1)  # a worker keeps hundreds of generations in flight
     local_ai_delay_ms: int = 300
     # The content classifier (second screening layer, with Grok): past this a request is refused (503).
     moderation_timeout_seconds: float = Field(8.0, gt=0, le=60)
@@ -118,6 +119,12 @@ class Settings(BaseSettings):
     gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
     socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.02
+    # A worker's capacity, in jobs running at once: image runs (each waits seconds on the provider),
+    # video runs (starts; polls give their slot back between polls), and everything due by time
+    # (video polls, retries, emails, avatars, crons). Images never wait for a video slot.
+    worker_image_jobs: int = Field(500, ge=1)
+    worker_video_jobs: int = Field(50, ge=1)
+    worker_other_jobs: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(10.0, ge=0)  # SIGTERM: requests in flight get this long
     worker_shutdown_grace_seconds: int = Field(5, ge=0)  # on SIGTERM, then running jobs are handed back
 
@@ -126,7 +133,8 @@ class Settings(BaseSettings):
     generation_retry_backoff_seconds: float = 2.0
     generation_db_patience_seconds: float = 20.0  # a job waits this long for PostgreSQL to come back
     image_job_timeout_seconds: int = 300
-    video_job_timeout_seconds: int = 900  # provider video times are minutes
+    video_job_timeout_seconds: int = 900  # from a video's start to its file: provider video times are minutes
+    video_step_timeout_seconds: int = 300  # one run of a video job: its start, one poll, or its download
     video_poll_interval_seconds: float = 5.0
     sweep_interval_seconds: int = Field(10, ge=1, le=60)
     queued_grace_seconds: int = 30  # queued this long without an arq job -> re-enqueued

@@ -134,6 +134,20 @@ class RateLimited(DomainError):
     status, code, default_message = 429, "rate_limited", "Too many requests, slow down"
 
 
+class TooManyActiveGenerations(DomainError):
+    """The plan's cap on generations queued or processing at once is reached; nothing was charged."""
+
+    status, code = 429, "too_many_active_generations"
+    default_message = "Too many generations queued or in progress"
+
+    def __init__(self, *, active: int, limit: int, plan_id: str, retry_after: int = 5) -> None:
+        super().__init__(
+            f"You have {active} generations queued or in progress, the most the {plan_id} plan allows "
+            "at once; nothing was charged. Try again when one has finished",
+            details=[{"active": active, "limit": limit, "plan_id": plan_id, "retry_after": retry_after}],
+            headers={"Retry-After": str(retry_after)})
+
+
 class ServiceUnavailable(DomainError):
     status, code = 503, "service_unavailable"
     default_message = "A dependency is unavailable, try again shortly"

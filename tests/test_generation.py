@@ -213,9 +213,9 @@ async def test_the_same_job_run_twice_charges_once_and_keeps_one_file(api: Api, 
     queued = await api.post("/api/content/generate/image", token=user.access_token, json={"prompt": "twice"})
     content_id = queued.body["id"]
     ctx = {"res": res, "job_id": content_id, "job_try": 1}
-    first = await asyncio.gather(*(run_generation({**ctx}, content_id, timeout=60) for _ in range(2)),
+    first = await asyncio.gather(*(run_generation({**ctx}, content_id, kind="image", timeout=60) for _ in range(2)),
                                  return_exceptions=True)
-    later = await run_generation({**ctx, "job_try": 3}, content_id, timeout=60)
+    later = await run_generation({**ctx, "job_try": 3}, content_id, kind="image", timeout=60)
     assert sorted(map(str, first)) == ["completed", "discarded"] and later == "skipped", (first, later)
     done = (await api.get(f"/api/content/{content_id}", token=user.access_token)).body
     assert done["status"] == "completed"

@@ -4,7 +4,9 @@ Each move is one transaction and a compare-and-set: a run may move the row only 
 the row names its job and attempt (`Attempt`), so a late, duplicate or superseded run
 changes nothing. Moves that touch money or durable events lock the user's account row
 first (docs/architecture.md, lock order). Every move is safe to repeat: the worker
-retries one whose connection broke, without knowing whether it committed.
+retries one whose connection broke, without knowing whether it committed. Moves are Core
+statements on the table (a worker makes hundreds a second; the ORM's bulk-update path
+costs half again as much CPU each).
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+import asyncpg
+from sqlalchemy import bindparam, select, update
 from sqlalchemy import func as sql
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from db.faults import is_transient
 from db.models import GeneratedContent as C
 from db.models import UserCredits
+from db.reader import Query
 from db.session import run_in_transaction
 from server import activity
 from server.content.queries import COLUMNS, UNFINISHED, render
@@ -35,7 +39,11 @@ from server.realtime.events import GenerationCompleted, GenerationFailed, Genera
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-LATEST_EVENT = (select(UserCredits.event_seq).where(UserCredits.user_id == C.user_id)
+CONTENT = C.__table__
+K = CONTENT.c  # its columns
+CONTENT_COLUMNS = tuple(K[column.key] for column in COLUMNS)
+_ACCOUNT = UserCredits.__table__.c
+LATEST_EVENT = (select(_ACCOUNT.event_seq).where(_ACCOUNT.user_id == K.user_id)
                 .scalar_subquery().label("latest_event"))
 
 
@@ -50,14 +58,15 @@ class Attempt:
     job_id: str
     number: int
     row: dict[str, Any]
+    claimed: bool = True  # False: a video's poll went on with the attempt an earlier run claimed
 
     @property
     def user_id(self) -> uuid.UUID:
         return self.row["user_id"]
 
     def mine(self) -> tuple[Any, ...]:
-        return (C.id == self.content_id, C.status == "processing", C.attempts == self.number,
-                C.job_id == self.job_id)
+        return (K.id == self.content_id, K.status == "processing", K.attempts == self.number,
+                K.job_id == self.job_id)
 
 
 async def persist(sessionmaker: Any, work: Callable[[AsyncSession], Awaitable[T]], *,
@@ -90,13 +99,13 @@ async def claim(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, le
     such a row was left by this job's own earlier try (killed, or its reply lost).
     """
     row = (await session.execute(
-        update(C)
-        .where(C.id == content_id, C.job_id == job_id, C.status.in_(UNFINISHED),
-               C.attempts < max_attempts)
-        .values(status="processing", attempts=C.attempts + 1, stage="starting",
-                progress=sql.greatest(C.progress, 5), deadline_at=sql.now() + timedelta(seconds=lease_seconds),
-                started_at=sql.coalesce(C.started_at, sql.now()), error=None)
-        .returning(*COLUMNS, C.charge_key, C.provider_request_id, LATEST_EVENT)
+        update(CONTENT)
+        .where(K.id == content_id, K.job_id == job_id, K.status.in_(UNFINISHED),
+               K.attempts < max_attempts)
+        .values(status="processing", attempts=K.attempts + 1, stage="starting",
+                progress=sql.greatest(K.progress, 5), deadline_at=sql.now() + timedelta(seconds=lease_seconds),
+                started_at=sql.coalesce(K.started_at, sql.now()), error=None)
+        .returning(*CONTENT_COLUMNS, K.charge_key, K.provider_request_id, LATEST_EVENT)
     )).mappings().one_or_none()
     if row is None:
         return None
@@ -104,11 +113,32 @@ async def claim(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, le
     return Attempt(content_id, job_id, row["attempts"], dict(row))
 
 
+_RESUMABLE = Query(  # what a poll needs of the row, nothing more
+    select(K.id, K.user_id, K.type, K.status, K.attempts, K.started_at, K.provider_request_id)
+    .where(K.id == bindparam("content_id"), K.job_id == bindparam("job_id"), K.status == "processing",
+           K.provider_request_id.is_not(None)))
+
+
+async def resume(reader: asyncpg.Pool, *, content_id: uuid.UUID, job_id: str) -> Attempt | None:
+    """A video's next poll: its processing row, for the job the row names, already holding a
+    provider request; no new attempt. None if there is no such row.
+
+    A plain read (a video is polled every few seconds): the poll pays nothing, and the step
+    after it is the compare-and-set that renews the lease or finds the row taken over. Safe
+    to run twice.
+    """
+    async with reader.acquire() as conn:
+        row = await _RESUMABLE.fetchrow(conn, content_id=content_id, job_id=job_id)
+    if row is None:
+        return None
+    return Attempt(content_id, job_id, row["attempts"], dict(row), claimed=False)
+
+
 async def exhausted(session: AsyncSession, *, content_id: uuid.UUID, job_id: str, max_attempts: int) -> bool:
     """True if the row is this job's to run but has no attempt left (fail it, do not skip it)."""
     found = (await session.execute(
-        select(C.id).where(C.id == content_id, C.job_id == job_id, C.status.in_(UNFINISHED),
-                           C.attempts >= max_attempts)
+        select(K.id).where(K.id == content_id, K.job_id == job_id, K.status.in_(UNFINISHED),
+                           K.attempts >= max_attempts)
     )).first()
     return found is not None
 
@@ -116,8 +146,8 @@ async def exhausted(session: AsyncSession, *, content_id: uuid.UUID, job_id: str
 async def renew(session: AsyncSession, *, attempt: Attempt, lease_seconds: int) -> bool:
     """Extend the lease; False if the row is no longer this run's."""
     renewed = (await session.execute(
-        update(C).where(*attempt.mine())
-        .values(deadline_at=sql.now() + timedelta(seconds=lease_seconds)).returning(C.id)
+        update(CONTENT).where(*attempt.mine())
+        .values(deadline_at=sql.now() + timedelta(seconds=lease_seconds)).returning(K.id)
     )).scalar_one_or_none()
     return renewed is not None
 
@@ -126,10 +156,10 @@ async def step(session: AsyncSession, *, attempt: Attempt, stage: str, progress:
                **values: Any) -> None:
     """Persist progress (renewing the lease) and tell the user; Superseded if not ours."""
     row = (await session.execute(
-        update(C).where(*attempt.mine())
+        update(CONTENT).where(*attempt.mine())
         .values(stage=stage, progress=progress, deadline_at=sql.now() + timedelta(seconds=lease_seconds),
                 **values)
-        .returning(C.id, C.user_id, C.progress, LATEST_EVENT)
+        .returning(K.id, K.user_id, K.progress, LATEST_EVENT)
     )).mappings().one_or_none()
     if row is None:
         raise Superseded()
@@ -141,15 +171,15 @@ async def complete(session: AsyncSession, *, attempt: Attempt, storage_key: str,
     """processing -> completed with its files; False if the row is no longer this run's."""
     await lock_account(session, user_id=attempt.user_id)
     row = (await session.execute(
-        update(C).where(*attempt.mine())
+        update(CONTENT).where(*attempt.mine())
         .values(status="completed", stage="completed", progress=100, error=None, storage_key=storage_key,
                 thumbnail_key=thumbnail_key, completed_at=sql.now(), deadline_at=None)
-        .returning(*COLUMNS)
+        .returning(*CONTENT_COLUMNS)
     )).mappings().one_or_none()
     if row is None:
         # A repeat of a move that committed but whose reply was lost finds its own files there.
-        done = (await session.execute(select(C.storage_key).where(
-            C.id == attempt.content_id, C.status == "completed"))).scalar_one_or_none()
+        done = (await session.execute(select(K.storage_key).where(
+            K.id == attempt.content_id, K.status == "completed"))).scalar_one_or_none()
         return done == storage_key
     content = await render(row, storage)
     await activity.record(session, user_id=row["user_id"], type="content.completed",
@@ -162,20 +192,20 @@ async def complete(session: AsyncSession, *, attempt: Attempt, storage_key: str,
 async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, attempt: int | None = None,
                job_id: str | None = None, code: str = "generation_failed") -> bool:
     """queued/processing -> failed, the charge refunded once, the user told."""
-    owner = (await session.execute(select(C.user_id).where(C.id == content_id))).scalar_one_or_none()
+    owner = (await session.execute(select(K.user_id).where(K.id == content_id))).scalar_one_or_none()
     if owner is None:
         return False
     await lock_account(session, user_id=owner)
-    where = [C.id == content_id, C.status.in_(UNFINISHED)]
+    where = [K.id == content_id, K.status.in_(UNFINISHED)]
     if attempt is not None:
-        where.append(C.attempts == attempt)
+        where.append(K.attempts == attempt)
     if job_id is not None:
-        where.append(C.job_id == job_id)
+        where.append(K.job_id == job_id)
     row = (await session.execute(
-        update(C).where(*where)
+        update(CONTENT).where(*where)
         .values(status="failed", stage="failed", error=error[:1000], error_code=code, completed_at=sql.now(),
                 deadline_at=None)
-        .returning(C.user_id, C.type, C.charge_key)
+        .returning(K.user_id, K.type, K.charge_key)
     )).one_or_none()
     if row is None:
         return False
@@ -193,13 +223,14 @@ async def fail(session: AsyncSession, *, content_id: uuid.UUID, error: str, atte
 async def hand_back(session: AsyncSession, *, attempt: Attempt, stage: str, counts: bool) -> bool:
     """processing -> queued for the same job id (a retry, or another worker after a shutdown).
 
-    An attempt that did not fail on its own (a shutdown, a lost database) does not count.
+    An attempt that did not fail on its own (a shutdown, a lost database) does not count:
+    the claim's increment is undone (a video's poll claimed nothing, so nothing to undo).
     """
     row = (await session.execute(
-        update(C).where(*attempt.mine())
+        update(CONTENT).where(*attempt.mine())
         .values(status="queued", stage=stage, deadline_at=None,
-                attempts=C.attempts if counts else C.attempts - 1)
-        .returning(C.id, C.user_id, C.progress, LATEST_EVENT)
+                attempts=K.attempts if counts or not attempt.claimed else K.attempts - 1)
+        .returning(K.id, K.user_id, K.progress, LATEST_EVENT)
     )).mappings().one_or_none()
     if row is None:
         return False
@@ -210,14 +241,14 @@ async def hand_back(session: AsyncSession, *, attempt: Attempt, stage: str, coun
 async def take_over(session: AsyncSession, *, content_id: uuid.UUID, seen_job_id: str | None,
                     seen_status: str, seen_attempts: int, new_job_id: str) -> bool:
     """The sweep's move: name a new job for a row, only if the row is still as the sweep read it."""
-    where = [C.id == content_id, C.status == seen_status, C.attempts == seen_attempts,
-             C.job_id.is_(None) if seen_job_id is None else C.job_id == seen_job_id]
+    where = [K.id == content_id, K.status == seen_status, K.attempts == seen_attempts,
+             K.job_id.is_(None) if seen_job_id is None else K.job_id == seen_job_id]
     if seen_status == "processing":
-        where.append(C.deadline_at < sql.now())
+        where.append(K.deadline_at < sql.now())
     row = (await session.execute(
-        update(C).where(*where)
+        update(CONTENT).where(*where)
         .values(job_id=new_job_id, status="queued", stage="queued" if seen_status == "queued" else "taken_over",
                 deadline_at=None)
-        .returning(C.id)
+        .returning(K.id)
     )).scalar_one_or_none()
     return row is not None

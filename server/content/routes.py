@@ -44,7 +44,7 @@ async def content_stats(session: AsyncSession, user: CurrentUser) -> dict:
 
 
 @routes.post("/api/content/generate/image", body=GenerateImageIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422, 503), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True)
 async def generate_image(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateImageIn) -> dict:
     """Queue an image generation (charged now, refunded if it fails)."""
@@ -54,7 +54,7 @@ async def generate_image(request: web.Request, session: AsyncSession, user: Curr
 
 
 @routes.post("/api/content/generate/video", body=GenerateVideoIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422, 503), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True)
 async def generate_video(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateVideoIn) -> dict:
     """Queue a video generation, optionally animating one of your completed images."""
@@ -78,7 +78,7 @@ async def delete_content(request: web.Request, session: AsyncSession, user: Curr
 
 
 @routes.post("/api/content/{content_id}/retry", response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 404, 409), idempotent=True)
+             rate_limit="generation", errors=(402, 404, 409, 429), idempotent=True)
 async def retry_content(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
     """Generate a failed or canceled item again (charged again)."""
     res = request.app[keys.resources]

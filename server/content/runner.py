@@ -1,9 +1,11 @@
-"""One run of a generation: claim, enhance, generate (video: start, then poll), store, complete.
+"""One run of a generation: claim, enhance, generate, store, complete. A video's run starts it
+at the provider and polls once; while it renders, each later run of the same job polls once
+more (`resume`, no new attempt) and gives the worker's slot back in between.
 
-The run holds its row under a lease that a heartbeat renews. If the heartbeat cannot
-renew before the lease ends (the database is gone, or the row was taken over) the run
-is stopped before it calls the provider again. The outcome tells the job adapter
-(jobs/generation.py) what arq should do next.
+The run holds its row under a lease that a heartbeat renews (and each poll, between runs).
+If the heartbeat cannot renew before the lease ends (the database is gone, or the row was
+taken over) the run is stopped before it calls the provider again. The outcome tells the
+job adapter (jobs/generation.py) what arq should do next.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import select
@@ -35,13 +38,13 @@ from server.resources import Resources
 log = logging.getLogger(__name__)
 AVATAR_WAIT_SECONDS = 120  # a generation queued right after its avatar waits for the profile
 
-Outcome = Literal["completed", "discarded", "skipped", "failed", "retry", "handed_back", "timed_out"]
+Outcome = Literal["completed", "discarded", "skipped", "failed", "retry", "handed_back", "timed_out", "polling"]
 
 
 @dataclass(frozen=True)
 class Result:
     outcome: Outcome
-    retry_in: float = 0.0  # for "retry" and "handed_back": when arq should run the job again
+    retry_in: float = 0.0  # for "retry", "handed_back" and "polling": when arq should run the job again
 
 
 class LeaseLost(Exception):
@@ -49,8 +52,10 @@ class LeaseLost(Exception):
 
 
 class GenerationRun:
-    def __init__(self, res: Resources, content_id: uuid.UUID, *, job_id: str, timeout: float) -> None:
+    def __init__(self, res: Resources, content_id: uuid.UUID, *, job_id: str, timeout: float,
+                 kind: str | None = None) -> None:
         self.res = res
+        self.kind = kind  # "image" runs never resume a poll
         self.settings = res.settings
         self.content_id = content_id
         self.job_id = job_id  # only the job the row names may run it (retries and takeovers rename it)
@@ -76,6 +81,16 @@ class GenerationRun:
             return False
         self.lease_until = time.monotonic() + s.generation_lease_seconds
         return True
+
+    async def begin(self) -> bool:
+        """Go on polling a video this job started, else claim the row; False if not ours to run."""
+        if self.kind != "image":
+            self.attempt = await lifecycle.resume(self.res.reader, content_id=self.content_id, job_id=self.job_id)
+            if self.attempt is not None:
+                # Its lease holds at least until this poll's step renews it (a compare-and-set).
+                self.lease_until = time.monotonic() + self.settings.generation_lease_seconds
+                return True
+        return await self.claim()
 
     async def exhausted(self) -> bool:
         return await self._move(lambda session: lifecycle.exhausted(
@@ -133,6 +148,10 @@ class GenerationRun:
                               attempt=self.attempt.number if self.attempt else None, job_id=self.job_id)
 
     async def hand_back(self, stage: str, *, counts: bool) -> bool:
+        if not counts and not self.attempt.claimed:
+            # A video's poll holds nothing to give back: the row stays processing under its
+            # lease, and arq runs the job again (at once, on any worker) to poll on.
+            return True
         return await self._move(lambda session: lifecycle.hand_back(
             session, attempt=self.attempt, stage=stage, counts=counts))
 
@@ -158,62 +177,72 @@ class GenerationRun:
             await asyncio.sleep(0.5)
             waited += 0.5
 
-    async def produce(self) -> tuple[str, str]:
+    async def produce(self) -> tuple[str, str] | None:
+        """The stored file and thumbnail keys; None while a video renders (poll it again later)."""
         ai, row = self.res.ai, self.attempt.row
+        if row["type"] == "video" and row["provider_request_id"] is not None:
+            # A re-run polls the request it has instead of paying for a second video.
+            return await self._video_files(await self._poll(row["provider_request_id"]))
         seed, profile = await self._avatar()
-        prompt = row["enhanced_prompt"]
+        prompt, enhanced = row["enhanced_prompt"], {}
         if prompt is None:
-            await self.step("enhancing_prompt", 10)
             prompt = await ai.enhance_prompt(prompt=row["prompt"], kind=row["type"], profile=profile)
             await self.res.moderator.screen_enhanced_prompt(prompt, user_id=row["user_id"])
-            await self.step("enhancing_prompt", 20, enhanced_prompt=prompt)
+            enhanced = {"enhanced_prompt": prompt}  # kept with the next step: a re-run reuses it
         params = row["params"]
-        stamp = int(time.time() * 1000)
-        user_id = row["user_id"]
         if row["type"] == "image":
-            await self.step("generating", 30)
+            await self.step("generating", 30, **enhanced)
             image = await ai.generate_image(prompt=prompt, seed=seed, quality=row["quality"],
                                             aspect_ratio=params.get("aspect_ratio", "1:1"))
             await self.step("storing", 85)
-            key = content_image_key(user_id, self.content_id, stamp)
+            key = content_image_key(row["user_id"], self.content_id, int(time.time() * 1000))
             thumb_key = key.replace(".jpg", "_thumb.jpg")
             await self._store(key, image.data, image.content_type)
             await self._store(thumb_key, await asyncio.to_thread(thumbnail_jpeg, image.data), "image/jpeg")
             return key, thumb_key
-        video = await self._video(prompt, seed, params)
+        request_id = await self._start_video(prompt, seed, params, enhanced)
+        return await self._video_files(await self._poll(request_id))  # a quick provider is done at once
+
+    async def _start_video(self, prompt: str, seed: int, params: dict[str, Any], enhanced: dict[str, str]) -> str:
+        await self.step("generating", 30, **enhanced)
+        image_url = image_data = None
+        if params.get("source_content_id"):
+            image_url, image_data = await self._source_image(uuid.UUID(params["source_content_id"]))
+        self.check_lease()
+        request_id = await self.res.ai.start_video(
+            prompt=prompt, seed=seed, duration_seconds=int(params.get("duration_seconds", 6)),
+            aspect_ratio=params.get("aspect_ratio", "16:9"), image_url=image_url,
+            image_data=image_data, quality=self.attempt.row["quality"],
+        )
+        await self.step("rendering", 35, provider_request_id=request_id)
+        return request_id
+
+    async def _poll(self, request_id: str) -> bytes | None:
+        """Ask the provider once: the MP4 when done, None while it renders (progress persisted)."""
+        status = await self.res.ai.poll_video(request_id)
+        if status.state == "done" and status.data:
+            return status.data
+        if status.state in ("failed", "expired"):
+            error = status.error or f"video generation {status.state}"
+            raise ProviderError(error, transient=False, code=status.code or "provider_error", user_message=error)
+        started = self.attempt.row["started_at"]
+        limit = timedelta(seconds=self.settings.video_job_timeout_seconds)
+        if started is not None and datetime.now(UTC) - started > limit:
+            raise ProviderError(f"video not ready {limit} after its start", transient=False,
+                                code="timed_out", user_message="The generation timed out")
+        await self.step("rendering", min(35 + int(0.5 * (status.progress or 0)), 85))
+        return None
+
+    async def _video_files(self, video: bytes | None) -> tuple[str, str] | None:
+        if video is None:
+            return None
         await self.step("storing", 90)
+        user_id, stamp = self.attempt.row["user_id"], int(time.time() * 1000)
         key = content_video_key(user_id, self.content_id, stamp)
         thumb_key = content_video_thumbnail_key(user_id, self.content_id, stamp)
         await self._store(key, video, "video/mp4")
         await self._store(thumb_key, await asyncio.to_thread(video_first_frame_jpeg, video), "image/jpeg")
         return key, thumb_key
-
-    async def _video(self, prompt: str, seed: int, params: dict[str, Any]) -> bytes:
-        ai = self.res.ai
-        request_id = self.attempt.row["provider_request_id"]
-        if request_id is None:  # a re-run resumes polling instead of paying for a second video
-            await self.step("generating", 30)
-            image_url = image_data = None
-            if params.get("source_content_id"):
-                image_url, image_data = await self._source_image(uuid.UUID(params["source_content_id"]))
-            self.check_lease()
-            request_id = await ai.start_video(
-                prompt=prompt, seed=seed, duration_seconds=int(params.get("duration_seconds", 6)),
-                aspect_ratio=params.get("aspect_ratio", "16:9"), image_url=image_url,
-                image_data=image_data, quality=self.attempt.row["quality"],
-            )
-            await self.step("rendering", 35, provider_request_id=request_id)
-        while True:
-            status = await ai.poll_video(request_id)
-            if status.state == "done" and status.data:
-                return status.data
-            if status.state in ("failed", "expired"):
-                error = status.error or f"video generation {status.state}"
-                raise ProviderError(error, transient=False, code=status.code or "provider_error",
-                                    user_message=error)
-            progress = 35 + int(0.5 * (status.progress or 0))
-            await self.step("rendering", min(progress, 85))
-            await asyncio.sleep(self.settings.video_poll_interval_seconds)
 
     async def _source_image(self, source_id: uuid.UUID) -> tuple[str | None, bytes | None]:
         async with self.res.sessionmaker() as session:
@@ -240,13 +269,16 @@ class GenerationRun:
         """The whole run; `stopping()` tells a worker shutdown from a job timeout."""
         heartbeat: asyncio.Task | None = None
         try:
-            if not await self.claim():
+            if not await self.begin():
                 if await self.exhausted():
                     await self.fail("The generation did not finish after several attempts")
                     return Result("failed")
                 return Result("skipped")
             heartbeat = asyncio.create_task(self.keep_lease(asyncio.current_task()))
-            key, thumb = await self.produce()
+            files = await self.produce()
+            if files is None:
+                return Result("polling", self.settings.video_poll_interval_seconds)
+            key, thumb = files
             self.check_lease()
             if await self.complete(key, thumb):
                 self.written.clear()
@@ -274,7 +306,8 @@ class GenerationRun:
                 await asyncio.shield(self.fail("The generation timed out", code="timed_out"))
                 raise
             # A worker shutdown: hand the row back, uncounted, for another worker at once
-            # (if the database is away too, the lease runs out and the sweep takes over).
+            # (if the database is away too, the lease runs out and the sweep takes over);
+            # a video's poll leaves it processing for the job's next run.
             try:
                 await asyncio.shield(self.hand_back("handed_back", counts=False))
             except Exception as exc:

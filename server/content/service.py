@@ -15,14 +15,16 @@ from db.session import after_commit
 from server import activity
 from server.adapters.storage import Storage
 from server.auth.current_user import CurrentUser
+from server.billing.plans import active_generation_limit
+from server.billing.queries import subscription_and_plan
 from server.content.queries import COLUMNS, UNFINISHED, render
 from server.content.schemas import GenerateImageIn, GenerateVideoIn
 from server.credits import ledger
 from server.credits.account import lock_account
 from server.credits.costs import cost_of
-from server.errors import Conflict, NotFound
+from server.errors import Conflict, NotFound, TooManyActiveGenerations
 from server.moderation import Moderator, screen
-from server.queueing import enqueue
+from server.queueing import enqueue_generation
 from server.realtime import outbox
 from server.realtime.events import GenerationProgress
 
@@ -38,10 +40,28 @@ def refund_key(charge: str) -> str:
 
 
 def enqueue_after_commit(
-    session: AsyncSession, queue: ArqRedis, *, kind: str, content_id: uuid.UUID, job_id: str
+    session: AsyncSession, queue: ArqRedis, *, kind: str, content_id: uuid.UUID, job_id: str,
+    user_id: uuid.UUID,
 ) -> None:
-    """Queue the job once the content row and its charge are committed (the sweep covers a miss)."""
-    after_commit(session, lambda: enqueue(queue, JOB_FOR_KIND[kind], str(content_id), job_id=job_id))
+    """Queue the job, in the user's fair turn, once the content row and its charge are committed
+    (the sweep covers a miss)."""
+    after_commit(session, lambda: enqueue_generation(queue, function=JOB_FOR_KIND[kind], kind=kind,
+                                                     content_id=content_id, job_id=job_id, user_id=user_id))
+
+
+async def _within_active_limit(session: AsyncSession, *, user_id: uuid.UUID) -> None:
+    """Refuse a generation past the plan's cap on queued + processing ones.
+
+    The caller holds the account lock, which every move into or out of queued/processing
+    takes too, so concurrent requests cannot pass the cap together.
+    """
+    _, plan = await subscription_and_plan(session, user_id=user_id)
+    limit = active_generation_limit(plan["id"])
+    active = (await session.execute(
+        select(func.count()).select_from(C).where(C.user_id == user_id, C.status.in_(UNFINISHED))
+    )).scalar_one()
+    if active >= limit:
+        raise TooManyActiveGenerations(active=active, limit=limit, plan_id=plan["id"])
 
 
 async def _own_usable_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id: uuid.UUID) -> None:
@@ -86,6 +106,7 @@ async def create_generation(
             await _own_completed_image(session, user_id=user.id, content_id=request.source_content_id)
             params["source_content_id"] = str(request.source_content_id)
     await lock_account(session, user_id=user.id)
+    await _within_active_limit(session, user_id=user.id)
     content_id = uuid.uuid4()
     cost = cost_of(kind, request.quality)
     key = charge_key(content_id, 0)
@@ -104,7 +125,7 @@ async def create_generation(
     await activity.record(session, user_id=user.id, type="content.queued",
                           message=f"{kind.capitalize()} generation queued",
                           data={"content_id": str(content_id), "type": kind, "credits": cost})
-    enqueue_after_commit(session, queue, kind=kind, content_id=content_id, job_id=job_id)
+    enqueue_after_commit(session, queue, kind=kind, content_id=content_id, job_id=job_id, user_id=user.id)
     return await render(row, storage)
 
 
@@ -166,6 +187,7 @@ async def retry(
     screen(user_id=user.id, context="prompt", fields={"prompt": row["prompt"]})
     if row["status"] not in ("failed", "canceled"):
         raise Conflict(f"Only failed or canceled content can be retried; this is {row['status']}")
+    await _within_active_limit(session, user_id=user.id)
     round_ = int(row["params"].get("retries", 0)) + 1
     key = charge_key(content_id, round_)
     job_id = f"{content_id}:retry{round_}"
@@ -184,7 +206,8 @@ async def retry(
     await activity.record(session, user_id=user.id, type="content.queued",
                           message=f"{row['type'].capitalize()} generation retried",
                           data={"content_id": str(content_id), "type": row["type"], "retry": round_})
-    enqueue_after_commit(session, queue, kind=row["type"], content_id=content_id, job_id=job_id)
+    enqueue_after_commit(session, queue, kind=row["type"], content_id=content_id, job_id=job_id,
+                         user_id=user.id)
     return await render(updated, storage)
 
 

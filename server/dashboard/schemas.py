@@ -51,6 +51,7 @@ class Warning(BaseModel):
 
 class LimitsOut(BaseModel):
     avatars: dict[str, Any]
+    generations: dict[str, Any]  # {active, limit, remaining}: queued + processing vs the plan's cap
     credits: dict[str, Any]
     plan_id: str
     warnings: list[Warning]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from db.models import ActivityEvent, User
 from db.models import GeneratedContent as C
 from server.adapters.storage import Storage
+from server.billing.plans import active_generation_limit
 from server.billing.queries import subscription_and_plan
 from server.content.queries import COLUMNS as CONTENT_COLUMNS
 from server.content.queries import render
@@ -144,21 +145,25 @@ def _warnings(*, verified: bool, balance: int, allowance: int, avatars: int, ava
 
 
 async def limits(session: AsyncSession, *, user_id: uuid.UUID, verified: bool) -> dict[str, Any]:
-    """Avatars used/limit, credits vs the plan's allowance, and warnings."""
+    """Avatars used/limit, generations in progress/cap, credits vs the plan's allowance, and warnings."""
     subscription, plan = await subscription_and_plan(session, user_id=user_id)
     credits = await get_credits(session, user_id=user_id)
-    avatars_used = (await counts(session, user_id=user_id))["avatars"]
+    numbers = await counts(session, user_id=user_id)
     return _limits(verified=verified, subscription=subscription, plan=plan, credits=credits,
-                   avatars_used=avatars_used)
+                   avatars_used=numbers["avatars"], active_generations=numbers["in_progress"])
 
 
 def _limits(*, verified: bool, subscription: dict[str, Any] | None, plan: dict[str, Any],
-            credits: dict[str, Any], avatars_used: int) -> dict[str, Any]:
+            credits: dict[str, Any], avatars_used: int, active_generations: int) -> dict[str, Any]:
     limit = plan["avatar_limit"]
     allowance = plan["credits_per_period"]
+    at_once = active_generation_limit(plan["id"])
     return {
         "plan_id": plan["id"],
         "avatars": {"used": avatars_used, "limit": limit, "remaining": max(0, limit - avatars_used)},
+        # queued + processing, and the plan's cap on them (429 too_many_active_generations past it)
+        "generations": {"active": active_generations, "limit": at_once,
+                        "remaining": max(0, at_once - active_generations)},
         "credits": {"balance": credits["balance"], "plan_allowance": allowance,
                     "used_fraction": round(1 - credits["balance"] / allowance, 3) if allowance else None},
         "warnings": _warnings(verified=verified, balance=credits["balance"], allowance=allowance,
@@ -188,5 +193,6 @@ async def overview(session: AsyncSession, *, user_id: uuid.UUID, storage: Storag
         "recent_content": [await render(row, storage) for row in recent],
         "recent_activity": [dict(row) for row in activity],
         "limits": _limits(verified=user["email_verified"], subscription=subscription, plan=plan,
-                          credits=credits, avatars_used=numbers["avatars"]),
+                          credits=credits, avatars_used=numbers["avatars"],
+                          active_generations=numbers["in_progress"]),
     }

@@ -3,13 +3,17 @@
 Tests script failures per route (`fail(...)`), video outcomes (`video_outcome`), and
 read back every request it saw (`requests`). It knows xAI's model list (MODELS, from
 docs.x.ai's models page, see docs/providers.md) and refuses other model names as xAI does.
+Latencies can be made realistic (`Latency`: chat, image, video start, render time, poll),
+and `python -m tests.support.fake_xai` serves it as a process of its own (bench/pipeline.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import io
+import random
 import time
 import uuid
 from collections import defaultdict, deque
@@ -59,10 +63,30 @@ def sample_jpeg(color: tuple[int, int, int] = (200, 120, 90), size: tuple[int, i
     return to_jpeg(image)
 
 
+def _sample_mp4() -> bytes:
+    frames = [Image.new("RGB", (64, 48), (i * 20, 50, 100)) for i in range(6)]
+    return write_mp4(frames, size=(64, 48), fps=6)
+
+
 def sample_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+@dataclass
+class Latency:
+    """Seconds each kind of call takes, drawn uniformly from (low, high); zero by default."""
+    chat: tuple[float, float] = (0.0, 0.0)
+    image: tuple[float, float] = (0.0, 0.0)  # xAI answers an image request when the image is made
+    video_start: tuple[float, float] = (0.0, 0.0)
+    video_render: tuple[float, float] | None = None  # set: a video is done this long after its start
+    poll: tuple[float, float] = (0.0, 0.0)
+
+    @staticmethod
+    async def wait(span: tuple[float, float]) -> None:
+        if span[1] > 0:
+            await asyncio.sleep(random.uniform(*span))
 
 
 @dataclass
@@ -84,10 +108,16 @@ class FakeXai:
     models: dict[str, list[str]] = field(default_factory=lambda: dict(MODELS))
     team_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     delay_seconds: float = 0.0
+    latency: Latency = field(default_factory=Latency)
+    record: bool = True  # keep every request in `requests` (a long benchmark turns it off)
     requests: list[Seen] = field(default_factory=list)
     _failures: dict[str, deque[tuple[int, Any, dict[str, str]]]] = field(default_factory=lambda: defaultdict(deque))
     _videos: dict[str, int] = field(default_factory=dict)
+    _render_until: dict[str, tuple[float, float]] = field(default_factory=dict)  # request -> (start, done at)
+    _media_cache: dict[str, bytes] = field(default_factory=dict)
     server: TestServer | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
 
     # -- scripting -----------------------------------------------------------------------
     def fail(self, route: str, status: int, *, times: int = 1, error: str = "boom",
@@ -127,7 +157,7 @@ class FakeXai:
         app.router.add_post("/v1/videos/generations", self._start_video)
         app.router.add_get("/v1/videos/{request_id}", self._poll_video)
         app.router.add_get("/media/{name}", self._media)
-        self.server = TestServer(app, host="127.0.0.1")
+        self.server = TestServer(app, host=self.host, port=self.port)
         await self.server.start_server()
         return self
 
@@ -139,7 +169,8 @@ class FakeXai:
     async def _record(self, request: web.Request, handler: Any) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw) if raw else None
-        self.requests.append(Seen(request.method, request.path, dict(request.headers), body))
+        if self.record:
+            self.requests.append(Seen(request.method, request.path, dict(request.headers), body))
         request[BODY] = body
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
@@ -174,6 +205,7 @@ class FakeXai:
         ):
             return _invalid("messages must be a non-empty list of {role, content}", 422)
         user_text = messages[-1]["content"]
+        await Latency.wait(self.latency.chat)
         fmt = body.get("response_format")
         if isinstance(fmt, dict) and (fmt.get("json_schema") or {}).get("name") == CLASSIFIER_SCHEMA:
             return await self._classify(body)
@@ -217,6 +249,7 @@ class FakeXai:
             return _invalid("quality must be low, medium or high")
         if not 1 <= int(body.get("n", 1)) <= 10:
             return _invalid("n must be between 1 and 10")
+        await Latency.wait(self.latency.image)
         if self.image_block_reason:  # xAI's moderation: 200 with a block_reason and no image
             return web.json_response({"block_reason": self.image_block_reason, "data": [
                 {"url": None, "b64_json": None, "mime_type": None, "revised_prompt": ""}]})
@@ -225,7 +258,7 @@ class FakeXai:
             name = "image.png" if self.image_mode == "png_url" else "image.jpg"
             item["url"] = str(self.server.make_url(f"/media/{name}"))
         else:
-            encoded = base64.b64encode(sample_jpeg()).decode()
+            encoded = self._cached("b64", lambda: base64.b64encode(sample_jpeg())).decode()
             item["b64_json"] = ("data:image/jpeg;base64," + encoded) if self.image_mode == "b64_data_uri" else encoded
         item["mime_type"] = "image/jpeg"
         return web.json_response({"block_reason": None, "data": [item]})
@@ -248,8 +281,12 @@ class FakeXai:
         image = body.get("image")
         if image is not None and not (isinstance(image, dict) and isinstance(image.get("url"), str)):
             return _invalid("image must be {url}")
+        await Latency.wait(self.latency.video_start)
         request_id = str(uuid.uuid4())
         self._videos[request_id] = 0
+        if self.latency.video_render is not None:
+            now = time.monotonic()
+            self._render_until[request_id] = (now, now + random.uniform(*self.latency.video_render))
         return web.json_response({"request_id": request_id})
 
     async def _poll_video(self, request: web.Request) -> web.Response:
@@ -258,7 +295,13 @@ class FakeXai:
             return web.json_response({"code": "Some requested entity was not found",
                                       "error": f"No video request {request_id}"}, status=404)
         self._videos[request_id] += 1
-        if self._videos[request_id] <= self.video_polls_before_done:
+        await Latency.wait(self.latency.poll)
+        if request_id in self._render_until:
+            start, done_at = self._render_until[request_id]
+            if time.monotonic() < done_at:
+                progress = int(100 * (time.monotonic() - start) / max(done_at - start, 0.001))
+                return web.json_response({"status": "pending", "progress": progress})
+        elif self._videos[request_id] <= self.video_polls_before_done:
             return web.json_response({"status": "pending"})
         if self.video_outcome == "failed":
             return web.json_response({"status": "failed", "video": {"duration": 0, "respect_moderation": True},
@@ -279,9 +322,13 @@ class FakeXai:
         if name == "image.png":
             return web.Response(body=sample_png(), content_type="image/png")
         if name == "video.mp4":
-            frames = [Image.new("RGB", (64, 48), (i * 20, 50, 100)) for i in range(6)]
-            return web.Response(body=write_mp4(frames, size=(64, 48), fps=6), content_type="video/mp4")
+            return web.Response(body=self._cached("mp4", _sample_mp4), content_type="video/mp4")
         raise web.HTTPNotFound()
+
+    def _cached(self, name: str, make: Any) -> bytes:
+        if name not in self._media_cache:
+            self._media_cache[name] = make()
+        return self._media_cache[name]
 
     # -- content classifier (server/moderation/classifier.py) -----------------------------------
     # The studio's second screening layer asks chat completions for a verdict whose schema is
@@ -327,3 +374,27 @@ class FakeXai:
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 200, "completion_tokens": 8, "total_tokens": 208},
         })
+
+
+def _span(text: str) -> tuple[float, float]:
+    low, _, high = text.partition(",")
+    return float(low), float(high or low)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    render = _span(args.video_render) if args.video_render else None
+    fake = FakeXai(api_key=args.api_key, record=False, port=args.port, image_mode="b64", latency=Latency(
+        chat=_span(args.chat), image=_span(args.image), video_start=_span(args.video_start),
+        video_render=render, poll=_span(args.poll)))
+    await fake.start()
+    print(fake.base_url, flush=True)  # the parent reads this line: the server is up
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="The fake xAI API as a process of its own")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--api-key", required=True)
+    for name, default in (("chat", "0"), ("image", "0"), ("video-start", "0"), ("video-render", ""), ("poll", "0")):
+        parser.add_argument(f"--{name}", default=default, help="seconds: LOW,HIGH (uniform) or one value")
+    asyncio.run(_serve(parser.parse_args()))

@@ -165,6 +165,7 @@ class GrokProvider:
         self.timeout = aiohttp.ClientTimeout(total=settings.grok_timeout_seconds,
                                              sock_connect=min(10.0, settings.grok_timeout_seconds))
         self.max_attempts = max(1, max_attempts)
+        self.max_connections = settings.grok_max_connections
         self.backoff_seconds = backoff_seconds
         self.max_backoff_seconds = max_backoff_seconds
         self._http: aiohttp.ClientSession | None = None
@@ -179,7 +180,9 @@ class GrokProvider:
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
+            # aiohttp's default of 100 connections would queue a busy worker's generations here.
             self._http = aiohttp.ClientSession(timeout=self.timeout, raise_for_status=False,
+                                               connector=aiohttp.TCPConnector(limit=self.max_connections),
                                                json_serialize=lambda v: orjson.dumps(v).decode())
         return self._http
 
