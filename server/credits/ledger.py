@@ -156,6 +156,15 @@ async def _move(
     return entry
 
 
+def refund_key_for(charge_key: str) -> str:
+    """The idempotency key of a charge's refund: its `charge` segment becomes `refund`."""
+    parts = charge_key.split(":")
+    if "charge" not in parts:
+        raise ValueError(f"not a charge key: {charge_key!r}")
+    parts[parts.index("charge")] = "refund"
+    return ":".join(parts)
+
+
 def _positive(amount: int) -> None:
     if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
         raise ValidationFailed("amount must be a positive integer",
