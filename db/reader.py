@@ -1,9 +1,4 @@
-"""Hot reads on a plain asyncpg pool: SQLAlchemy Core statements compiled once, run raw.
-
-The statements stay SQLAlchemy Core (typed against the models); only their execution
-skips the ORM session, the greenlet bridge and the per-checkout reset round trip. The
-pool serves autocommit SELECTs only, so a connection has no state to reset on release.
-"""
+"""Hot reads on a plain asyncpg pool: SQLAlchemy Core statements compiled once, run raw."""
 
 from __future__ import annotations
 
@@ -17,6 +12,8 @@ from sqlalchemy.sql import Executable
 _DIALECT = asyncpg_dialect.dialect()
 
 
+# The statements stay Core (typed against the models); only their execution skips the ORM
+# session, the greenlet bridge and the per-checkout reset round trip.
 class Query:
     """A Core statement compiled to asyncpg's $n form; `args` orders the bind values."""
 

@@ -1,7 +1,5 @@
-"""Billing sweep, every minute: billing changes whose process died are run again with the
-same provider keys; parked Stripe events are tried again (and given up after
-STRIPE_PARKED_EVENT_DAYS); subscriptions whose period ran out are renewed or ended where
-the billing provider leaves that to us (local billing; Stripe says so by webhook)."""
+"""The billing sweep, every minute: stale billing operations run again, parked Stripe
+events retried, ended subscription periods rolled over."""
 
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 async def retry_parked_events(res: Any, *, batch: int = 100) -> int:
-    """Parked Stripe events that are due, tried again; how many were tried."""
+    """Parked Stripe events that are due, tried again (expired ones dropped); how many were tried."""
     now = datetime.now(UTC)
     async with transaction(res.sessionmaker) as session:
         await webhooks.drop_expired(session, older_than=now - timedelta(days=res.settings.stripe_parked_event_days))
@@ -30,6 +28,7 @@ async def retry_parked_events(res: Any, *, batch: int = 100) -> int:
 
 
 async def roll_over_billing_periods(ctx: dict[str, Any]) -> int:
+    """Renew or end ended periods the provider leaves to us (local billing; Stripe sends webhooks)."""
     res = ctx["res"]
     now = datetime.now(UTC)
     async with transaction(res.sessionmaker) as session:
@@ -46,6 +45,7 @@ async def roll_over_billing_periods(ctx: dict[str, Any]) -> int:
 
 
 async def billing_sweep(ctx: dict[str, Any]) -> dict[str, int]:
+    """Stale operations run again (with the same provider keys), parked events, ended periods."""
     res = ctx["res"]
     outcome = {"operations": 0, "parked": 0, "rolled": 0}
     for name, step in (("operations", lambda: service.finish_stale_operations(res)),

@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources_ctx)
     app.cleanup_ctx.append(service_routes.metrics_listener)
     specs = install(app, route_groups())
-    app[service_routes.openapi_document] = build_document(specs)
+    app[keys.openapi_document] = build_document(specs)
     attach_socketio(app, settings)
     app.cleanup_ctx.append(observe_gc_pauses)
     if settings.gc_tuning:

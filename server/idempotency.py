@@ -1,8 +1,4 @@
-"""Idempotency-Key (Stripe's semantics): a keyed request's first response, stored with its work.
-
-The work and the record of its response commit in one transaction: a crash leaves both or
-neither, so a retry replays the record or runs the work afresh, never half of it.
-"""
+"""Idempotency-Key (Stripe's semantics): a keyed request's first response, stored with its work."""
 
 from __future__ import annotations
 
@@ -126,6 +122,8 @@ async def run(session: AsyncSession, *, user_id: uuid.UUID, key: str, fingerprin
         else:
             # Encoded here, inside the transaction: an answer that cannot be written undoes the work.
             outcome = Outcome(status, dumps(result), replayed=False)
+    # The record commits with the work: a crash leaves both or neither, so a retry replays
+    # the record or runs the work afresh, never half of it.
     await session.execute(insert(Record).values(user_id=user_id, key=key, fingerprint=fingerprint,
                                                 status=outcome.status, response=outcome.body))
     return outcome

@@ -13,6 +13,7 @@ from server.resources import Resources
 settings = web.AppKey("settings", Settings)
 resources = web.AppKey("resources", Resources)
 metrics = web.AppKey("metrics", Metrics)
+openapi_document = web.AppKey("openapi_document", dict)  # built once from the declared routes
 # Serves a /socket.io websocket upgrade (server/realtime/engine.py), ahead of the middlewares.
 socketio_websockets = web.AppKey("socketio_websockets", Callable[[web.Request], Awaitable[web.StreamResponse]])
 # Requests being handled, and whether the process is draining (server/serving.py).

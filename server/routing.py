@@ -1,11 +1,4 @@
-"""Declared routes: one decorator gives aiohttp its handler and OpenAPI its schemas.
-
-A handler names what it needs and the wrapper provides it: `body` (parsed with the
-declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
-around the handler, committed before the response is written), `reader` (a connection
-of the raw read pool, for hot reads with db/reader.py queries), `idempotency_key` (the
-client's Idempotency-Key or None, on routes declared `idempotent=True`).
-"""
+"""Declared routes: one decorator gives aiohttp its handler and OpenAPI its schemas."""
 
 from __future__ import annotations
 
@@ -62,7 +55,14 @@ class RouteSpec:
 
 
 class Routes:
-    """A list of RouteSpecs, registered on the app by `install`."""
+    """A list of RouteSpecs, registered on the app by `install`.
+
+    A handler names what it needs and the wrapper provides it: `body` (parsed with the
+    declared pydantic model), `query`, `user` (authenticated), `session` (one transaction
+    around the handler, committed before the response is written), `reader` (a connection
+    of the raw read pool, for hot reads with db/reader.py queries), `idempotency_key` (the
+    client's Idempotency-Key or None, on routes declared `idempotent=True`), `request`.
+    """
 
     def __init__(self, *, tags: tuple[str, ...] = ()) -> None:
         self.specs: list[RouteSpec] = []

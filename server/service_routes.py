@@ -20,7 +20,6 @@ from server.routing import Routes
 from server.studio.routes import docs_page
 
 routes = Routes(tags=("service",))
-openapi_document = web.AppKey("openapi_document", dict)
 CHECK_TIMEOUT = 2.0
 
 
@@ -126,7 +125,7 @@ async def metrics_listener(app: web.Application) -> AsyncIterator[None]:
 @routes.get("/openapi.json", auth=False, rate_limit=None, response={"type": "object"})
 async def openapi(request: web.Request) -> web.Response:
     """This OpenAPI document."""
-    return json_response(request.app[openapi_document])
+    return json_response(request.app[keys.openapi_document])
 
 
 @routes.get("/docs", auth=False, rate_limit=None, response={"type": "string"},

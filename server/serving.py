@@ -1,10 +1,4 @@
-"""`lustify serve`: run the app and, on SIGTERM, drain it the way a deploy needs.
-
-aiohttp's own shutdown stops reading from connections at once, so a request whose body
-is still arriving is cut off. Here the listener closes first, sockets are told to go
-(clients reconnect to another instance and replay), requests in flight finish (bounded),
-and only then does aiohttp clean up.
-"""
+"""`lustify serve`: run the app and, on SIGTERM, drain it the way a deploy needs."""
 
 from __future__ import annotations
 
@@ -33,6 +27,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # aiohttp's own shutdown stops reading from connections at once, cutting off a request whose
+    # body is still arriving. So: the listener closes first, sockets are told to go (clients
+    # reconnect elsewhere and replay), requests in flight finish (bounded), then aiohttp cleans up.
     try:
         await stop.wait()
         log.info("draining: no new connections; closing sockets, finishing %d request(s)",

@@ -229,3 +229,14 @@ async def test_audit_finds_no_drift_after_concurrent_movements_and_finds_real_dr
         drift = [row for row in await find_drift(session) if row["user_id"] in users]
     await db.execute("UPDATE user_credits SET balance = balance - 1 WHERE user_id = $1", users[0])
     assert [(row["user_id"], row["balance"], row["total"]) for row in drift] == [(users[0], 86, 85)]
+
+
+def test_a_refund_key_is_its_charge_key_with_refund_for_charge() -> None:
+    # Refund rows already stored carry these keys: a new spelling would refund a charge twice.
+    avatar, thumbnail = uuid.uuid4(), uuid.uuid4()
+    assert ledger.refund_key_for(f"avatar:{avatar}:charge") == f"avatar:{avatar}:refund"
+    assert (ledger.refund_key_for(f"avatar:{avatar}:thumbnail:{thumbnail}:charge")
+            == f"avatar:{avatar}:thumbnail:{thumbnail}:refund")
+    assert ledger.refund_key_for(f"content:{avatar}:charge:2") == f"content:{avatar}:refund:2"
+    with pytest.raises(ValueError):
+        ledger.refund_key_for(f"content:{avatar}:charged")

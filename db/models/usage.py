@@ -1,8 +1,5 @@
-"""Usage per user per 15 minutes, kept by triggers, so analytics never scan raw rows.
-
-Fifteen minutes because every time zone offset is a multiple of it: any user's day is
-an exact set of buckets.
-"""
+"""Usage rollups kept by triggers (per user per 15 minutes, per avatar per hour), so
+analytics never scan raw rows."""
 
 import uuid
 from datetime import datetime
@@ -15,11 +12,15 @@ from db.base import Base
 
 
 class UsageBucket(Base):
+    """Usage of one user in one 15-minute bucket."""
+
     __tablename__ = "usage_buckets"
 
     user_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
     )
+    # Fifteen minutes because every time zone offset is a multiple of it: any user's day
+    # is an exact set of buckets.
     bucket: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
     images: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     videos: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")

@@ -1,10 +1,4 @@
-"""bcrypt off the event loop, with every character of a long password significant.
-
-Hashing runs on a pool of (cores - 1) threads, at least one: bcrypt releases the GIL, so
-20 logins on 20 threads would outnumber the cores and starve the event loop's thread (it
-held /health for 0.4-0.6 s). Queued logins wait their turn instead; the pool is per
-process because the cores are.
-"""
+"""bcrypt off the event loop, with every character of a long password significant."""
 
 from __future__ import annotations
 
@@ -42,6 +36,9 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
+# bcrypt releases the GIL, so 20 logins on 20 threads would outnumber the cores and starve
+# the event loop's thread (it held /health for 0.4-0.6 s): a pool of (cores - 1) threads
+# makes queued logins wait their turn instead. Per process, because the cores are.
 _pools: dict[int, ThreadPoolExecutor] = {}  # by size; one in use
 _size = [0]
 

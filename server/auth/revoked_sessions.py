@@ -1,12 +1,4 @@
-"""Signed-out sessions in Redis, kept as long as their access tokens could still be valid.
-
-Checked on every authenticated request and socket connect without a database read. While
-Redis is unreachable the check reads PostgreSQL instead (logout revokes the session's
-refresh token family there in the same transaction), so a signed-out token stays refused
-and the API stays up, as it does for the rest of what Redis holds. Logout itself needs
-Redis: without it the logout fails (503) rather than leave access tokens that would work
-again once Redis is back.
-"""
+"""Signed-out sessions in Redis, kept as long as their access tokens could still be valid."""
 
 from __future__ import annotations
 
@@ -37,6 +29,7 @@ def _key(settings: Settings, session_id: uuid.UUID | str) -> str:
 
 async def revoke(redis: Redis, settings: Settings, *, session_ids: Iterable[uuid.UUID]) -> None:
     """From now on, every access token of these sessions answers 401 token_revoked."""
+    # A Redis error propagates (503): no logout that leaves tokens working once Redis is back.
     ttl = settings.access_token_ttl_seconds + LEEWAY  # no token of them outlives this
     async with redis.pipeline(transaction=False) as pipe:
         for session_id in set(session_ids):
@@ -46,10 +39,11 @@ async def revoke(redis: Redis, settings: Settings, *, session_ids: Iterable[uuid
 
 async def ensure_live(redis: Redis, settings: Settings, reader: asyncpg.Connection, *,
                       session_id: uuid.UUID) -> None:
-    """Raise TokenRevoked if this session was signed out."""
+    """Raise TokenRevoked if this session was signed out (every authenticated request, connect)."""
     try:
         revoked = await redis.exists(_key(settings, session_id))
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        # Logout revoked the token family in PostgreSQL too: still refused, and the API stays up.
         log.warning("session check falls back to PostgreSQL: Redis unavailable (%s)", exc)
         revoked = (await _FAMILY_REVOKED.fetchrow(reader, family_id=session_id))[0]
     if revoked:

@@ -1,8 +1,4 @@
-"""Access JWTs (HS256, pinned) and opaque random tokens stored only as hashes.
-
-An access token names its session (`sid`: the refresh token family it came from), so a
-logout can revoke that session's access tokens before they expire (revoked_sessions.py).
-"""
+"""Access JWTs (HS256, pinned) and opaque random tokens stored only as hashes."""
 
 from __future__ import annotations
 
@@ -27,6 +23,8 @@ class AccessClaims:
     user_id: uuid.UUID
     token_version: int
     expires_at: int
+    # The refresh token family it came from (`sid`), so a logout can revoke the session's
+    # access tokens before they expire (revoked_sessions.py).
     session_id: uuid.UUID
 
 

@@ -1,8 +1,4 @@
-"""Read side of avatars: Core selects returning mappings, and the one avatar object renderer.
-
-`avatar_object(row, storage=)` turns a row of AVATAR_COLUMNS into the API.md avatar
-(thumbnail_url signed); generation reuses it wherever an avatar is shown.
-"""
+"""Read side of avatars: Core selects returning mappings, and the one avatar object renderer."""
 
 from __future__ import annotations
 
@@ -38,7 +34,7 @@ _FIELDS = ("id", "name", "description", "age", "personality", "style", "seed", "
 
 
 async def avatar_object(row: Mapping[str, Any], *, storage: Storage) -> dict[str, Any]:
-    """The API.md avatar from a row of AVATAR_COLUMNS."""
+    """The API.md avatar (thumbnail_url signed) from a row of AVATAR_COLUMNS; used wherever one is shown."""
     key = row["thumbnail_key"]
     avatar = {name: row[name] for name in _FIELDS}
     for name in ("appearance", "profile"):

@@ -44,10 +44,6 @@ def charge_key(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | No
     return f"avatar:{avatar_id}:thumbnail:{regeneration_id}:charge"
 
 
-def refund_key(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
-    return charge_key(avatar_id, regeneration_id).removesuffix(":charge") + ":refund"
-
-
 def job_id(avatar_id: uuid.UUID | str, regeneration_id: uuid.UUID | str | None = None) -> str:
     return charge_key(avatar_id, regeneration_id).removesuffix(":charge") + ":job"
 
@@ -170,11 +166,12 @@ async def delete_avatar(session: AsyncSession, *, user_id: uuid.UUID, avatar_id:
         raise NotFound("Avatar not found")
     await session.execute(delete(Avatar).where(Avatar.id == avatar_id))
     if row.status == "creating":  # never delivered: give the creation charge back
-        await ledger.refund(session, user_id=user_id, charge_key=charge_key(avatar_id),
-                            key=refund_key(avatar_id), reason=f"Avatar {row.name} deleted before it was ready")
+        charge = charge_key(avatar_id)
+        await ledger.refund(session, user_id=user_id, charge_key=charge, key=ledger.refund_key_for(charge),
+                            reason=f"Avatar {row.name} deleted before it was ready")
     if row.regeneration_id is not None:  # a paid thumbnail that will never be made
-        await ledger.refund(session, user_id=user_id, charge_key=charge_key(avatar_id, row.regeneration_id),
-                            key=refund_key(avatar_id, row.regeneration_id),
+        charge = charge_key(avatar_id, row.regeneration_id)
+        await ledger.refund(session, user_id=user_id, charge_key=charge, key=ledger.refund_key_for(charge),
                             reason=f"Avatar {row.name} deleted before its new thumbnail was made")
     await activity.record(session, user_id=user_id, type="avatar.deleted",
                           message=f"Avatar {row.name} deleted", data={"avatar_id": str(avatar_id)})
@@ -280,8 +277,8 @@ async def mark_failed(session: AsyncSession, *, avatar_id: uuid.UUID, regenerati
         )).scalar_one_or_none()
         if hit is None:
             return False  # already ready, failed, or deleted (deletion refunds by itself)
-    refund = await ledger.refund(session, user_id=owner, charge_key=charge_key(avatar_id, regeneration_id),
-                                 key=refund_key(avatar_id, regeneration_id),
+    charge = charge_key(avatar_id, regeneration_id)
+    refund = await ledger.refund(session, user_id=owner, charge_key=charge, key=ledger.refund_key_for(charge),
                                  reason="Avatar creation failed" if regeneration_id is None else "Thumbnail failed")
     row = await queries.avatar_row_by_id(session, avatar_id)
     if row is not None:
@@ -297,7 +294,7 @@ async def mark_failed(session: AsyncSession, *, avatar_id: uuid.UUID, regenerati
 
 async def regeneration_refunded(session: AsyncSession, *, avatar_id: uuid.UUID, regeneration_id: uuid.UUID) -> bool:
     found = await session.execute(select(CreditTransaction.id).where(
-        CreditTransaction.idempotency_key == refund_key(avatar_id, regeneration_id)))
+        CreditTransaction.idempotency_key == ledger.refund_key_for(charge_key(avatar_id, regeneration_id))))
     return found.first() is not None
 
 

@@ -1,13 +1,5 @@
-"""Billing operations: a row written before the payment provider is called, finished after.
-
-No provider call runs inside a database transaction. A change is (1) a short transaction
-that records the operation (one pending per user; the next waits for it), (2) the provider
-calls, each with an idempotency key made from the operation's id, or from the client's
-Idempotency-Key when there is one, (3) a short transaction that records the outcome and
-finishes the operation. A process that dies in between leaves the operation pending; once
-stale it is run again (by the user's next billing request or the worker's sweep) with the
-same keys, so the provider hands back what it already made instead of making it twice.
-"""
+"""Billing operations: a row written before the payment provider is called, finished after,
+so no provider call runs inside a database transaction."""
 
 from __future__ import annotations
 
@@ -75,6 +67,10 @@ def request_key(idempotency_key: str | None) -> str | None:
     return hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
 
 
+# A change is (1) a short transaction recording the operation (one pending per user), (2) the
+# provider calls, keyed by Operation.key, (3) a short transaction recording the outcome
+# (`complete`). A process that dies in between leaves it pending; once stale it runs again
+# with the same keys, so the provider hands back what it already made instead of a second one.
 async def run(res: Resources, *, user_id: uuid.UUID, kind: str, params: dict[str, Any],
               idempotency_key: str | None, runners: Mapping[str, Runner]) -> dict[str, Any]:
     """Record the operation (waiting for the user's previous one), run it, return its answer."""

@@ -1,11 +1,5 @@
-"""Subscriptions and credit packs: what the API asks for, done through the billing gateway
-and recorded through the same sync path the webhooks use.
-
-Each change is a billing operation (server/billing/operations.py): recorded, then the
-provider is called outside any database transaction, then the outcome is recorded. The
-provider's idempotency keys come from the operation, or from the client's
-Idempotency-Key (scoped to the user) when one is given.
-"""
+"""Subscriptions and credit packs: each change a billing operation (operations.py) done
+through the billing gateway and recorded through the sync path the webhooks use."""
 
 from __future__ import annotations
 

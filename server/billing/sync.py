@@ -1,15 +1,5 @@
 """Provider facts -> our tables: subscription rows, plan and pack credits, and what the user
-is told. The one path for Stripe webhooks and for the local gateway's immediate effects.
-
-Facts can arrive late, twice or out of order (webhooks race the API response and each
-other), so a subscription row only moves forward: an event whose Stripe `created` is
-older than that of the newest event applied to the row is skipped (Stripe's clock only,
-never ours), an answer to our own call is skipped once a webhook has moved the row since
-the call began, periods never move back, canceled is final, and nothing returns to
-incomplete. A fact that cannot apply yet (unknown user, subscription or price) raises
-Deferred: nothing is written and the webhook path parks it for a later try. Credits are
-granted through the ledger with keys of the provider's ids.
-"""
+is told. The one path for Stripe webhooks and for the local gateway's immediate effects."""
 
 from __future__ import annotations
 
@@ -44,7 +34,7 @@ _TRACKED = ("status", "plan_id", "cancel_at_period_end", "current_period_start",
 
 
 class Deferred(Exception):
-    """The fact cannot be applied yet: its user, subscription or price is unknown here."""
+    """The fact cannot be applied yet (unknown user, subscription or price): nothing written, parked."""
 
 
 class _Marker:
@@ -137,6 +127,10 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     return max((x for x in (a, b) if x is not None), default=None)
 
 
+# Facts arrive late, twice or out of order (webhooks race the API response and each other),
+# so a row only moves forward: ordered by Stripe's `created` only (never our clock), an answer
+# to our own call loses to any webhook applied since the call began, periods never move back
+# (`_later`), canceled is final, and nothing returns to incomplete.
 def _skip_reason(existing: dict[str, Any], state: SubscriptionState, event_at: datetime | None,
                  seen: Any) -> str | None:
     if existing["status"] in FINAL_STATUSES:

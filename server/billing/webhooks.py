@@ -1,13 +1,5 @@
-"""Stripe webhooks: verify the signature over the raw body, apply each event id once.
-
-The stripe_events insert is the lock: a concurrent copy of the same event waits on
-its primary key and then finds it taken; if applying fails, the insert rolls back
-with everything else and Stripe's retry applies it later. An event that cannot be
-applied yet (unknown customer, subscription or price) is parked, not processed: it is
-tried again when another event of its customer is applied, by the worker's sweep, or
-when Stripe sends it again, and applied exactly once when it can be. Applying touches
-only our database (every fact is in the payload), so the answer stays fast.
-"""
+"""Stripe webhooks: verify the signature over the raw body, apply each event id once
+(or park it until it can apply: docs/providers.md)."""
 
 from __future__ import annotations
 
@@ -170,6 +162,9 @@ async def receive(
     event = verified_event(payload, signature, settings)
     check_api_version(event, metrics)
     customer_id = _customer_of(event["data"]["object"])
+    # The insert is the lock: a concurrent copy of the event waits on the primary key, then
+    # finds it taken; if applying fails, the insert rolls back with the rest and Stripe's retry
+    # applies it later. Applying reads only the payload and our database, so the answer is fast.
     taken = (await session.execute(
         insert(StripeEvent).values(
             id=event["id"], type=event["type"], stripe_created_at=sync.event_time(event["created"]),

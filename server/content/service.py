@@ -35,10 +35,6 @@ def charge_key(content_id: uuid.UUID, round_: int) -> str:
     return f"content:{content_id}:charge" + (f":{round_}" if round_ else "")
 
 
-def refund_key(charge: str) -> str:
-    return charge.replace(":charge", ":refund", 1)
-
-
 def enqueue_after_commit(
     session: AsyncSession, queue: ArqRedis, *, kind: str, content_id: uuid.UUID, job_id: str,
     user_id: uuid.UUID,
@@ -146,7 +142,7 @@ async def refund_generation(session: AsyncSession, *, user_id: uuid.UUID, charge
     """Give back the current charge of a generation (once); the credits refunded."""
     if not charge:
         return 0
-    entry = await ledger.refund(session, user_id=user_id, charge_key=charge, key=refund_key(charge),
+    entry = await ledger.refund(session, user_id=user_id, charge_key=charge, key=ledger.refund_key_for(charge),
                                 reason=reason)
     return entry.amount if entry is not None else 0
 

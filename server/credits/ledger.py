@@ -1,11 +1,4 @@
-"""The credits ledger: grant, spend, refund. Each is idempotent by key and safe under concurrency.
-
-A movement is one statement: it locks the user's balance row (so one user's movements
-are serialised), inserts the ledger row unless its key (or, for a refund, its charge)
-is already taken, moves the cached balance and lifetime totals by exactly that row,
-and adds the activity row. The CHECK (balance >= 0), the UNIQUE idempotency key and
-the UNIQUE refund_of are the database's own guarantees behind it.
-"""
+"""The credits ledger: grant, spend, refund. Each is idempotent by key and safe under concurrency."""
 
 from __future__ import annotations
 
@@ -30,6 +23,10 @@ WHERE idempotency_key = :charge_key AND user_id = :user_id AND type = 'spend'
 """)
 _FIND_REFUND = text(f"SELECT {_COLUMNS} FROM credit_transactions WHERE refund_of = :charge_id")
 
+# A movement is one statement: it locks the user's balance row (one user's movements are
+# serialised), inserts the ledger row unless its key (or, for a refund, its charge) is taken,
+# moves the cached balance and lifetime totals by exactly that row, and adds the activity row;
+# CHECK (balance >= 0), the UNIQUE idempotency key and the UNIQUE refund_of back it.
 # FOR UPDATE returns the newest committed balance even after waiting for another
 # movement, so balance_after is computed from it; a key taken meanwhile is caught by
 # ON CONFLICT (which sees committed rows the statement's snapshot does not), and then
@@ -157,6 +154,15 @@ async def _move(
         "data": row.activity_data, "created_at": row.activity_created_at,
     }))
     return entry
+
+
+def refund_key_for(charge_key: str) -> str:
+    """The idempotency key of a charge's refund: its `charge` segment becomes `refund`."""
+    parts = charge_key.split(":")
+    if "charge" not in parts:
+        raise ValueError(f"not a charge key: {charge_key!r}")
+    parts[parts.index("charge")] = "refund"
+    return ":".join(parts)
 
 
 def _positive(amount: int) -> None:

@@ -1,9 +1,5 @@
-"""Content policy: what may reach a model, judged by rules and, when Grok is configured, a classifier.
-
-`screen(...)` is the rules layer alone; `Moderator` (built once per process, on
-Resources.moderator) runs both layers and screens the model's own output. The policy
-and its deliberate choices: docs/moderation.md.
-"""
+"""Content policy: what may reach a model, judged by rules and, when Grok is configured, a
+classifier (docs/moderation.md)."""
 
 from server.moderation.moderator import Moderator, make_moderator, screen
 from server.moderation.policy import (

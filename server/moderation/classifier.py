@@ -1,10 +1,4 @@
-"""The second screening layer: an xAI chat call that labels a text with the policy's categories.
-
-Chosen once at startup: with GROK_API_KEY it is `GrokClassifier`, else `RulesOnly` (the
-rules decide alone). One call per screening, bounded by MODERATION_TIMEOUT_SECONDS; any
-failure (timeout, HTTP error, malformed or refused answer) is `ClassifierUnavailable`, and
-the caller refuses the request rather than send it on unscreened.
-"""
+"""The second screening layer: an xAI chat call that labels a text with the policy's categories."""
 
 from __future__ import annotations
 
@@ -60,7 +54,8 @@ class Verdict:
 
 
 class ClassifierUnavailable(Exception):
-    """The classifier gave no usable verdict; the text is unscreened."""
+    """No usable verdict (timeout, HTTP error, malformed or refused answer): the text is unscreened,
+    so the caller refuses the request rather than send it on."""
 
 
 class Classifier(Protocol):
@@ -80,6 +75,8 @@ class RulesOnly:
 
 
 class GrokClassifier:
+    """One chat call per screening, bounded by MODERATION_TIMEOUT_SECONDS."""
+
     def __init__(self, settings: Settings) -> None:
         if settings.grok_api_key is None:
             raise ValueError("GROK_API_KEY is required for the grok classifier")
@@ -147,6 +144,7 @@ def parse_verdict(raw: bytes) -> Verdict:
 
 
 def make_classifier(settings: Settings) -> Classifier:
+    """Chosen once at startup: Grok with GROK_API_KEY, else the rules decide alone."""
     if settings.grok_api_key is not None and settings.grok_api_key.get_secret_value():
         return GrokClassifier(settings)
     return RulesOnly()

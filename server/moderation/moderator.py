@@ -1,10 +1,4 @@
-"""Screening as callers use it: the rules, then the classifier; refusals logged without the text.
-
-Requests are refused with ContentPolicyViolation (422, the category in details) or, when
-the classifier cannot answer, ScreeningUnavailable (503 + Retry-After). The model's own
-output (enhanced prompts, avatar profiles) is refused with a ProviderError, so the job
-that made it fails and refunds (refused) or retries (unscreened) like any provider failure.
-"""
+"""Screening as callers use it: the rules, then the classifier; refusals logged without the text."""
 
 from __future__ import annotations
 
@@ -93,6 +87,8 @@ class Moderator:
 
     async def _screen_output(self, what: str, *, user_id: UserId, rules: list[tuple[Context, Mapping[str, Any]]],
                              classify: tuple[Context, Mapping[str, Any]]) -> None:
+        # A ProviderError, so the job that made the output fails and refunds (refused) or
+        # retries (unscreened) like any provider failure.
         try:
             for context, fields in rules:
                 screen(user_id=user_id, context=context, fields=fields, policy=self.policy)

@@ -1,10 +1,5 @@
-"""The rules layer: the terms, detectors and proximity rules of rules.json, matched in linear time.
-
-A text is read once (server/moderation/text.py) and split into words; each word costs a
-bounded number of dictionary look-ups (itself, its plural, its stems, the phrases it
-starts), so the time grows with the length of the text and nothing else. Regular
-expressions are used only for ages and school grades, on bounded patterns.
-"""
+"""The rules layer: the terms, detectors and proximity rules of rules.json, matched in linear
+time (docs/moderation.md, "Linear time")."""
 
 from __future__ import annotations
 
@@ -264,6 +259,7 @@ class ContentPolicy:
                     found.add(entry, 0, position)
 
     def _match(self, words: list[str], found: Hits, *, view: int) -> None:
+        """Dictionary look-ups only, a bounded number per word: the cost follows the text's length."""
         index = self.index
         # Squeezing the whole text at once keeps the words apart: a blank never repeats a letter.
         text = squeeze(" ".join(words))

@@ -1,7 +1,5 @@
 """What a text reads as once its disguises are removed: the normal form rules are matched on.
-
-Why the skeleton comes from confusable-homoglyphs: see docs/moderation.md ("Normalization").
-"""
+The steps, and why the skeleton comes from confusable-homoglyphs: docs/moderation.md."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The studio (the reference web client) at / and its pages, its static files, and /docs.
-
-Every response here carries the studio's Content-Security-Policy: scripts and styles only
-from this origin, never inline; media from this app's files (or the S3 bucket), Stripe's
-origins only when Stripe is configured.
-"""
+"""The studio (the reference web client) at / and its pages, its static files, and /docs;
+every response here carries the studio's Content-Security-Policy."""
 
 from __future__ import annotations
 
@@ -55,7 +51,8 @@ def uses_stripe_elements(settings: Settings) -> bool:
 
 
 def content_security_policy(settings: Settings, *, trusted_types: bool = True) -> str:
-    """The studio's CSP; `trusted_types` also makes every HTML sink refuse strings."""
+    """The studio's CSP: scripts and styles from this origin only, never inline; Stripe's origins
+    only when Stripe is configured. `trusted_types` also makes every HTML sink refuse strings."""
     stripe = uses_stripe_elements(settings)
     media = " ".join(_media_origins(settings))
     directives = [

@@ -1,12 +1,4 @@
-"""xAI Grok over its HTTP API: chat (profiles, prompts), images, and asynchronous videos.
-
-Errors are classified as xAI's docs describe them (docs/providers.md): rate-limit 429s,
-5xx, timeouts and dropped connections are retried with jittered exponential backoff
-(Retry-After is not needed); a refused key (400 "Incorrect API key", 401, 403), used-up
-credits or spending limit (429/403) and unknown models are permanent and hidden from
-users; a moderation block is permanent with its own code. Result URLs are temporary,
-so bytes are downloaded at once. The API key only ever goes to GROK_BASE_URL.
-"""
+"""xAI Grok over its HTTP API: chat (profiles, prompts), images, and asynchronous videos."""
 
 from __future__ import annotations
 
@@ -110,7 +102,7 @@ def _provider_message(status: int, body: bytes) -> str:
 
 
 def classify(status: int, message: str, *, what: str) -> ProviderError:
-    """The ProviderError an xAI error answer stands for; what operators must fix is logged here."""
+    """The ProviderError an xAI error answer stands for (docs/providers.md); operator faults logged."""
     text = message.lower()
     if status in (402, 403, 429) and any(hint in text for hint in QUOTA_HINTS):
         log.error("%s: xAI says the team's credits or spending limit are used up (%s): %s",
@@ -205,6 +197,7 @@ class GrokProvider:
                     authorized: bool = True, raw: bool = False, attempts: int | None = None) -> Any:
         """One HTTP exchange, retried on transient failures; JSON (or bytes if raw) back."""
         headers = {"Accept": "application/json"} if not raw else {}
+        # The key goes to GROK_BASE_URL only: result downloads from other hosts are not authorized.
         if authorized:
             headers["Authorization"] = f"Bearer {self._key.get_secret_value()}"
         last: ProviderError | None = None
@@ -347,7 +340,7 @@ class GrokProvider:
                                 status=200, code=CONTENT_MODERATED, user_message=MODERATED_IMAGE)
         if item.get("b64_json"):
             raw = decode_b64_image(item["b64_json"])
-        elif item.get("url"):
+        elif item.get("url"):  # result URLs are temporary: fetch the bytes now
             raw = await self._call("GET", item["url"], what="image download", authorized=False, raw=True)
         else:
             raise ProviderError("image generation: no image in the answer", transient=True,

@@ -1,9 +1,4 @@
-"""Offline, deterministic AI provider: real JPEGs and MP4s rendered from seed and prompt.
-
-The avatar's seed fixes its palette and figure, so every image of one avatar visibly
-shares them; the prompt moves the scene around it. LOCAL_AI_DELAY_MS slows it down so
-progress can be watched.
-"""
+"""Offline, deterministic AI provider: real JPEGs and MP4s rendered from seed and prompt."""
 
 from __future__ import annotations
 
@@ -66,6 +61,7 @@ def _prompt_seed(prompt: str) -> int:
 
 def render_frame(*, seed: int, prompt: str, size: tuple[int, int], t: float = 0.0) -> Image.Image:
     """One picture: the avatar's figure (from seed) in a scene (from prompt), at time t."""
+    # The seed fixes palette and figure, so every image of one avatar visibly shares them.
     width, height = size
     bg, mid, accent, skin = _palette(seed)
     image = Image.new("RGB", size, bg)
@@ -105,7 +101,7 @@ def render_frame(*, seed: int, prompt: str, size: tuple[int, int], t: float = 0.
 
 class LocalProvider:
     def __init__(self, settings: Settings) -> None:
-        self.delay = settings.local_ai_delay_ms / 1000
+        self.delay = settings.local_ai_delay_ms / 1000  # so progress can be watched
         self.video_dir = Path(settings.data_dir) / "local-ai"
 
     async def _think(self, factor: float = 1.0) -> None:

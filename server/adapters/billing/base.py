@@ -1,9 +1,4 @@
-"""The billing gateway interface and the provider facts it reports.
-
-A gateway only talks to the payment provider and reports what is now true there
-(a subscription's state, an invoice paid, a payment succeeded); server.billing.sync
-turns those facts into rows, credits and events, for API calls and webhooks alike.
-"""
+"""The billing gateway interface and the provider facts it reports."""
 
 from __future__ import annotations
 
@@ -19,6 +14,8 @@ class BillingError(UpstreamError):
     """The payment provider refused or failed a call."""
 
 
+# A gateway only reports what is now true at the provider (these facts); server.billing.sync
+# turns them into rows, credits and events, for API calls and webhooks alike.
 @dataclass(frozen=True)
 class SubscriptionState:
     provider_id: str  # stored as user_subscriptions.stripe_subscription_id

@@ -1,9 +1,5 @@
-"""Local billing (no STRIPE_SECRET_KEY): everything is paid and takes effect at once, and
-periods roll over when the worker's sweep finds them ended (renewed and paid, or ended).
-
-It reports the same facts Stripe's webhooks would (an active subscription, a paid
-first invoice, a succeeded payment), so `lustify dev` runs the real internal paths.
-"""
+"""Local billing (no STRIPE_SECRET_KEY): everything is paid and takes effect at once;
+periods roll over when the worker's sweep finds them ended."""
 
 from __future__ import annotations
 
@@ -55,6 +51,8 @@ def _state_of(subscription: dict[str, Any]) -> SubscriptionState:
 
 
 class LocalBilling:
+    """The facts Stripe's webhooks would report, so `lustify dev` runs the real internal paths."""
+
     name = "local"
 
     async def create_customer(self, *, user_id: uuid.UUID, email: str, key: str) -> str | None:
@@ -102,6 +100,7 @@ class LocalBilling:
         )
 
     async def period_ended(self, *, subscription: dict[str, Any]) -> PeriodEnd | None:
+        """Renewed and paid, or ended when it was set to cancel at the period's end."""
         state = _state_of(subscription)
         end = subscription["current_period_end"]
         if subscription["cancel_at_period_end"]:

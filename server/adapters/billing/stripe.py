@@ -1,10 +1,4 @@
-"""Stripe through the official SDK's async API (StripeClient, *_async) on aiohttp.
-
-The API version is pinned (stripe-python 16.1's own; docs/providers.md says how to move
-it) so object shapes cannot drift under us, and the webhook endpoint is created with the
-same version. Every POST carries an idempotency key made from our own operation.
-STRIPE_API_BASE points the SDK at a Stripe-compatible server (the suite's fake Stripe).
-"""
+"""Stripe through the official SDK's async API (StripeClient, *_async) on aiohttp."""
 
 from __future__ import annotations
 
@@ -57,9 +51,11 @@ class StripeBilling:
             timeout=timeout,
         )
         self._http = stripe.AIOHTTPClient(session=self._session, timeout=timeout)
+        # STRIPE_API_BASE: a Stripe-compatible server (the suite's fake Stripe).
         base = {"api": settings.stripe_api_base.rstrip("/")} if settings.stripe_api_base else None
         self.client = stripe.StripeClient(
             settings.stripe_secret_key.get_secret_value(),
+            # Pinned so object shapes cannot drift under us (docs/providers.md: moving it).
             stripe_version=API_VERSION,
             base_addresses=base,  # type: ignore[arg-type]
             http_client=self._http,

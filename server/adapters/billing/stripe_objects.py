@@ -1,10 +1,5 @@
-"""Reading Stripe's object shapes (subscription, invoice, payment_intent, checkout.session)
-into provider facts. Used for API responses and webhook payloads alike.
-
-Written against the pinned API version (periods on subscription items, an invoice's
-subscription under parent.subscription_details, line prices under pricing.price_details),
-with the older top-level fields as a fallback so replayed older events still read.
-"""
+"""Stripe's objects (subscription, invoice, payment_intent, checkout.session) read into
+provider facts, for API responses and webhook payloads alike."""
 
 from __future__ import annotations
 
@@ -17,6 +12,9 @@ from server.adapters.billing.base import InvoiceFact, PackPayment, SubscriptionS
 
 # The Stripe API version we read and write: stripe-python 16.1's own (pyproject pins >=16.1,<17);
 # the webhook endpoint is created with it too. docs/providers.md says how to move it.
+# Fields are read where it puts them (periods on subscription items, an invoice's subscription
+# under parent.subscription_details, line prices under pricing.price_details), falling back to
+# the older top-level fields so replayed older events still read.
 API_VERSION = "2026-10-28.endive"
 PACK_KIND = "credit_pack"
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second a datetime holds
