@@ -43,3 +43,9 @@ async def open_reader(url: str, *, size: int) -> asyncpg.Pool:
         dsn, min_size=1, max_size=size, reset=_no_reset, timeout=5, command_timeout=30,
         max_inactive_connection_lifetime=300, server_settings={"timezone": "UTC"},
     )
+
+
+async def ping(pool: asyncpg.Pool) -> None:
+    """One round trip to PostgreSQL on a pooled connection (raises if it is unreachable)."""
+    async with pool.acquire() as conn:
+        await conn.fetchval("SELECT 1")

@@ -1,9 +1,7 @@
-"""Sliding-window rate limits in Redis (one Lua script, one round trip), with the client IP
-resolved safely behind trusted proxies."""
+"""Sliding-window rate limits in Redis: one Lua script, one round trip per request."""
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 import time
@@ -12,6 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
+from server.client_address import ClientAddress
 from server.config import Settings
 from server.errors import RateLimited
 
@@ -84,7 +83,7 @@ class RateLimiter:
             "api": Rate.parse(settings.rate_limit_api),
             "generation": Rate.parse(settings.rate_limit_generation),
         }
-        self.trusted = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        self.client_ip = ClientAddress(settings.trusted_proxies)
         self._script = redis.register_script(_HIT)
 
     async def hit(self, policy: str, identity: str) -> Verdict | None:
@@ -106,25 +105,11 @@ class RateLimiter:
             )
         return verdict
 
+    async def hit_account(self, email: str) -> Verdict | None:
+        """Count a sign-in, sign-up or reset attempt for one address, whatever IP it comes from."""
+        return await self.hit("auth", f"email:{email}")
+
     async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> Verdict | None:
         """Count a request: per user where signed in (not for auth routes), else per client IP."""
         identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{self.client_ip(request)}"
         return await self.hit(policy, identity)
-
-    def client_ip(self, request: web.Request) -> str:
-        """The peer address, or the right-most untrusted X-Forwarded-For hop behind our proxies."""
-        peer = request.remote or "unknown"
-        if not self._is_trusted(peer):
-            return peer
-        hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
-
-    def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.trusted)

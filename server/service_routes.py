@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from pydantic import BaseModel
 
+from db.reader import ping
 from server import __version__, keys
 from server.errors import NotFound, Unauthorized
 from server.json_io import json_response
@@ -34,8 +35,7 @@ class HealthOut(BaseModel):
 async def _check_database(res: Resources) -> str:
     # The raw read pool: one round trip (the ORM engine's BEGIN, SELECT, ROLLBACK were three,
     # each a turn of a busy event loop).
-    async with res.reader.acquire() as conn:
-        await conn.fetchval("SELECT 1")
+    await ping(res.reader)
     return "ok"
 
 

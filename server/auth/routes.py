@@ -35,7 +35,7 @@ def _meta(request: web.Request) -> dict[str, str | None]:
 
 
 async def _limit_email(request: web.Request, email: str) -> None:
-    await request.app[keys.resources].rate_limiter.hit("auth", f"email:{email}")
+    await request.app[keys.resources].rate_limiter.hit_account(email)
 
 
 @routes.post("/api/auth/register", body=RegisterIn, response=AcceptedOut, status=202, auth=False,

@@ -48,9 +48,7 @@ async def content_stats(session: AsyncSession, user: CurrentUser) -> dict:
 async def generate_image(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateImageIn) -> dict:
     """Queue an image generation (charged now, refunded if it fails)."""
-    res = request.app[keys.resources]
-    return await service.create_generation(session, user=user, request=body, queue=res.queue,
-                                           storage=res.storage, moderator=res.moderator)
+    return await _generate(request, session, user, body)
 
 
 @routes.post("/api/content/generate/video", body=GenerateVideoIn, response=ContentOut, status=202,
@@ -58,6 +56,11 @@ async def generate_image(request: web.Request, session: AsyncSession, user: Curr
 async def generate_video(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateVideoIn) -> dict:
     """Queue a video generation, optionally animating one of your completed images."""
+    return await _generate(request, session, user, body)
+
+
+async def _generate(request: web.Request, session: AsyncSession, user: CurrentUser,
+                    body: GenerateImageIn | GenerateVideoIn) -> dict:
     res = request.app[keys.resources]
     return await service.create_generation(session, user=user, request=body, queue=res.queue,
                                            storage=res.storage, moderator=res.moderator)
