@@ -1,4 +1,5 @@
-"""The activity feed: one row per thing a user should see, pushed live as `activity`."""
+"""The activity feed: one row per thing a user should see, announced as a durable `activity` event.
+Rows come from `record`, or from the ledger's movement statement (one round trip); both `announce`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ async def record(
                        ActivityEvent.data, ActivityEvent.created_at)
         )
     ).mappings().one()
-    activity = dict(row)
+    return announce(session, user_id, dict(row))
+
+
+def announce(session: AsyncSession, user_id: uuid.UUID, activity: dict[str, Any]) -> dict[str, Any]:
+    """The durable `activity` event of a row just added ({id, type, message, data, created_at})."""
     outbox.emit(session, user_id, ActivityPosted(activity=activity))
     return activity

@@ -9,9 +9,10 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server import activity
 from server.errors import Conflict, InsufficientCredits, ValidationFailed
 from server.realtime import outbox
-from server.realtime.events import ActivityPosted, CreditsUpdated
+from server.realtime.events import CreditsUpdated
 
 _COLUMNS = "id, user_id, amount, balance_after, type, reason, reference_id, idempotency_key, refund_of, created_at"
 
@@ -149,10 +150,10 @@ async def _move(
     outbox.emit(session, user_id, CreditsUpdated(
         balance=entry.balance_after, delta=entry.amount, reason=reason, transaction_id=entry.id,
     ))
-    outbox.emit(session, user_id, ActivityPosted(activity={
+    activity.announce(session, user_id, {
         "id": row.activity_id, "type": row.activity_type, "message": row.activity_message,
         "data": row.activity_data, "created_at": row.activity_created_at,
-    }))
+    })
     return entry
 
 
