@@ -15,7 +15,8 @@ from server.metrics import Metrics
 from server.openapi import build_document
 from server.realtime.server import attach_socketio
 from server.resources import open_resources
-from server.routing import Routes, install
+from server.route_handling import install
+from server.routing import Routes
 
 
 def route_groups() -> list[Routes]:
