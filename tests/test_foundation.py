@@ -68,7 +68,8 @@ async def test_unhandled_error_is_500_without_internals(settings) -> None:
     from aiohttp.test_utils import TestServer
 
     from server.app import create_app
-    from server.routing import Routes, install
+    from server.route_handling import install
+    from server.routing import Routes
 
     async def explode() -> None:
         raise RuntimeError("secret internals /etc/passwd")

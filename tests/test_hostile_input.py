@@ -163,7 +163,8 @@ async def test_numeric_fields_are_strict(api: Api, worker, settings) -> None:
 
 async def test_a_response_that_cannot_be_built_leaves_no_write(settings) -> None:
     from server.app import create_app
-    from server.routing import Routes, install
+    from server.route_handling import install
+    from server.routing import Routes
 
     email = f"ghost-{uuid.uuid4().hex[:8]}@example.com"
 
@@ -363,7 +364,8 @@ async def test_server_header_names_no_software(api: Api) -> None:
 async def test_every_dev_log_line_carries_the_request_id_the_500_too(settings) -> None:
     from server.app import create_app
     from server.logs import TextFormatter
-    from server.routing import Routes, install
+    from server.route_handling import install
+    from server.routing import Routes
 
     async def explode() -> None:
         logging.getLogger("server.test").warning("about to fail")
