@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,8 +28,14 @@ from server.json_io import ensure_bounded, parse
 from server.realtime import outbox
 
 if TYPE_CHECKING:
-    from server.realtime.server import Realtime
     from server.resources import Resources
+
+
+class Replayer(Protocol):
+    """What an action needs of the realtime server (named here so the two modules do not import each other)."""
+
+    async def replay_through_ack(self, sid: str, user_id: Any, last_event_id: int) -> list[Any]: ...
+
 
 ActionHandler = Callable[["ActionContext", Any], Awaitable[Any]]
 
@@ -40,7 +46,7 @@ class ActionContext:
     user: CurrentUser  # re-read in the action's transaction when it has one
     resources: Resources
     session: AsyncSession | None  # one transaction around the action (None if it asked for none)
-    realtime: Realtime
+    realtime: Replayer
 
 
 @dataclass(frozen=True)
