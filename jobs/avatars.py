@@ -1,9 +1,5 @@
 """The avatar job: character profile, then thumbnail, then ready (or failed + refund).
-
-arq runs a job at least once, so every step can run again: the first saved profile is
-kept, the thumbnail overwrites its own key, and the state changes are conditional
-UPDATEs whose refund is keyed once per charge.
-"""
+Every step is safe to run again: arq runs a job at least once."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The cron sweep: no charged generation is ever lost.
-
-Queued content whose job is missing (Redis lost it, the enqueue after commit failed, or
-it is parked without its place in the fair queue) gets a new job; processing content whose lease expired (its worker died) is taken over
-by a new job, or failed and refunded once its attempts are used up. Every takeover is a
-compare-and-set on what the sweep read, so a live run is never superseded by mistake.
-"""
+"""The cron sweep: queued content with no job gets one, expired leases are taken over
+(compare-and-set on what it read) or failed and refunded once attempts are used up."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The arq worker built from Settings: resources in its ctx, a heartbeat, Redis outages
-survived, a shutdown that hands running jobs back instead of failing them, and jobs taken
-in lanes of their own capacity: images and video starts fairly across users from their
-fair sets (server/queueing.py), everything due by time (video polls, retries, emails,
-avatars, crons) from arq's queue."""
+"""The arq worker built from Settings: heartbeat, Redis outages survived, jobs handed back on
+shutdown, generation starts taken in lanes from the fair queue (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,5 @@
-"""Enqueueing arq jobs (the caller's request id travels with the job into its logs), the fair
-queue that generation jobs wait in, and the workers' heartbeat that /health reads.
-
-A generation job is an ordinary arq job parked far in the future, plus an entry in its
-kind's fair set scored by a start tag (start-time fair queueing, one unit per job): a
-user's tags go up by one per job, and nobody's tag starts below the tag last taken, so a
-user with a backlog cannot hold back another user's first job by more than one round.
-Workers take from the fair set by tag (`take_fairly`), which makes the job due at once.
-"""
+"""Enqueueing arq jobs with the caller's request id, the start-time fair queue generation jobs
+wait in (`take_fairly`), and the workers' heartbeat that /health reads."""
 
 from __future__ import annotations
 

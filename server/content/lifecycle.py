@@ -1,13 +1,5 @@
-"""A generation's states after its request: claim, progress, complete, fail, hand back, take over.
-
-Each move is one transaction and a compare-and-set: a run may move the row only while
-the row names its job and attempt (`Attempt`), so a late, duplicate or superseded run
-changes nothing. Moves that touch money or durable events lock the user's account row
-first (docs/architecture.md, lock order). Every move is safe to repeat: the worker
-retries one whose connection broke, without knowing whether it committed. Moves are Core
-statements on the table (a worker makes hundreds a second; the ORM's bulk-update path
-costs half again as much CPU each).
-"""
+"""A generation's moves after its request (claim, progress, complete, fail, hand back, take over):
+one transaction each, a compare-and-set on the row's job and attempt, safe to repeat."""
 
 from __future__ import annotations
 
@@ -39,7 +31,7 @@ from server.realtime.events import GenerationCompleted, GenerationFailed, Genera
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-CONTENT = C.__table__
+CONTENT = C.__table__  # Core statements: a worker makes hundreds of moves a second, the ORM path costs ~1.5x the CPU
 K = CONTENT.c  # its columns
 CONTENT_COLUMNS = tuple(K[column.key] for column in COLUMNS)
 _ACCOUNT = UserCredits.__table__.c

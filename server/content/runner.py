@@ -1,12 +1,5 @@
-"""One run of a generation: claim, enhance, generate, store, complete. A video's run starts it
-at the provider and polls once; while it renders, each later run of the same job polls once
-more (`resume`, no new attempt) and gives the worker's slot back in between.
-
-The run holds its row under a lease that a heartbeat renews (and each poll, between runs).
-If the heartbeat cannot renew before the lease ends (the database is gone, or the row was
-taken over) the run is stopped before it calls the provider again. The outcome tells the
-job adapter (jobs/generation.py) what arq should do next.
-"""
+"""One run of a generation under a heartbeat-renewed lease: claim, enhance, generate, store,
+complete; a video starts once and each later run polls (`resume`), giving the slot back."""
 
 from __future__ import annotations
 
