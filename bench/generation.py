@@ -22,30 +22,15 @@ import asyncpg
 
 from bench.harness import _dsn, now_ms, own_database, server_process, settings_env, summary
 from server.auth.tokens import issue_access_token
+from tests.support.funded_users import insert_funded_users
 
 GENERATIONS = int(os.environ.get("BENCH_GENERATIONS", 200))
 USERS = 20
 
 
 async def make_users(url: str, count: int) -> list[uuid.UUID]:
-    """Verified Enterprise users with enough credits, the ledger kept equal to the balance."""
-    conn = await asyncpg.connect(_dsn(url))
-    users = [uuid.uuid4() for _ in range(count)]
-    credits = 5 * GENERATIONS * 2
-    async with conn.transaction():
-        for i, user in enumerate(users):
-            await conn.execute("INSERT INTO users (id, email, password_hash, date_of_birth, email_verified) "
-                               "VALUES ($1, $2, 'x', '1990-01-01', true)", user, f"gen-{i}-{user.hex[:6]}@example.com")
-            await conn.execute("INSERT INTO user_credits (user_id, balance, lifetime_granted) VALUES ($1, $2, $2)",
-                               user, credits)
-            await conn.execute("INSERT INTO credit_transactions (user_id, amount, balance_after, type, idempotency_key) "
-                               "VALUES ($1, $2, $2, 'grant', $3)", user, credits, f"bench:{user}")
-            # Enterprise: its cap on generations in progress (200) never stops the benchmark.
-            await conn.execute("INSERT INTO user_subscriptions (user_id, plan_id, status, current_period_start, "
-                               "current_period_end) VALUES ($1, 'enterprise', 'active', now(), now() + interval "
-                               "'30 days')", user)
-    await conn.close()
-    return users
+    """Verified Enterprise users (its cap of 200 in progress never stops the benchmark) with enough credits."""
+    return await insert_funded_users(_dsn(url), count, credits=5 * GENERATIONS * 2, label="gen")
 
 
 async def run_round(base: str, settings, users: list[uuid.UUID], workers: int) -> dict[str, float]:

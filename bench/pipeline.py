@@ -38,6 +38,7 @@ from bench.harness import _dsn, own_database, server_process, settings_env
 from server.auth.tokens import issue_access_token
 from server.config import Settings
 from server.embedded import free_port
+from tests.support.funded_users import insert_funded_users
 
 IMAGE_SECONDS, VIDEO_SECONDS = (5.0, 15.0), (60.0, 180.0)
 DSN = ""  # the benchmark database
@@ -161,21 +162,7 @@ class Watch:
 
 async def make_users(url: str, count: int, credits: int) -> list[uuid.UUID]:
     """Verified users on the Enterprise plan with `credits` each, the ledger equal to the balance."""
-    conn = await asyncpg.connect(_dsn(url))
-    users = [uuid.uuid4() for _ in range(count)]
-    async with conn.transaction():
-        for user in users:
-            await conn.execute("INSERT INTO users (id, email, password_hash, date_of_birth, email_verified) "
-                               "VALUES ($1, $2, 'x', '1990-01-01', true)", user, f"pipe-{user.hex[:12]}@example.com")
-            await conn.execute("INSERT INTO user_credits (user_id, balance, lifetime_granted) VALUES ($1, $2, $2)",
-                               user, credits)
-            await conn.execute("INSERT INTO credit_transactions (user_id, amount, balance_after, type, "
-                               "idempotency_key) VALUES ($1, $2, $2, 'grant', $3)", user, credits, f"bench:{user}")
-            await conn.execute("INSERT INTO user_subscriptions (user_id, plan_id, status, current_period_start, "
-                               "current_period_end) VALUES ($1, 'enterprise', 'active', now(), now() + interval "
-                               "'30 days')", user)
-    await conn.close()
-    return users
+    return await insert_funded_users(_dsn(url), count, credits=credits, label="pipe")
 
 
 class Client:

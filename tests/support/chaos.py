@@ -24,6 +24,7 @@ import socketio
 
 from server.auth.tokens import issue_access_token
 from server.config import Settings
+from tests.support.funded_users import insert_funded_users
 from tests.support.processes import ServerProcess, WorkerProcess
 from tests.support.services import OwnPostgres, OwnRedis
 
@@ -90,21 +91,6 @@ class Client:
                                wait_timeout=10)
 
 
-async def _make_users(dsn: str, count: int, credits: int) -> list[uuid.UUID]:
-    conn = await asyncpg.connect(dsn)
-    users = [uuid.uuid4() for _ in range(count)]
-    try:
-        async with conn.transaction():
-            for i, user in enumerate(users):
-                await conn.execute("INSERT INTO users (id, email, password_hash, date_of_birth, email_verified) "
-                                   "VALUES ($1, $2, 'x', '1990-01-01', true)", user, f"chaos-{i}-{user.hex[:6]}@example.com")
-                await conn.execute("INSERT INTO user_credits (user_id, balance, lifetime_granted) VALUES ($1, $2, $2)",
-                                   user, credits)
-                await conn.execute("INSERT INTO credit_transactions (user_id, amount, balance_after, type, "
-                                   "idempotency_key) VALUES ($1, $2, $2, 'grant', $3)", user, credits, f"chaos:{user}")
-    finally:
-        await conn.close()
-    return users
 
 
 async def _healthy(http: aiohttp.ClientSession, url: str) -> bool:
@@ -141,7 +127,7 @@ async def run(base: Settings, *, generations: int = 30, rate: float = 5.0, users
         })
         await asyncio.to_thread(_migrate, settings)
         dsn = pg.url("lustify")
-        people = await _make_users(dsn, users, credits=5 * generations)
+        people = await insert_funded_users(dsn, users, credits=5 * generations, label="chaos", plan=None)
         servers = [ServerProcess(settings), ServerProcess(settings)]
         for server in servers:
             await server.__aenter__()
