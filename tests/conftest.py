@@ -10,6 +10,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -153,6 +154,27 @@ async def start_app(settings: Settings) -> TestServer:
     server = TestServer(create_app(settings), host="127.0.0.1")
     await server.start_server()
     return server
+
+
+@asynccontextmanager
+async def app_with_route(settings: Settings, method: str, path: str, handler: Callable) -> AsyncIterator[Api]:
+    """The whole app plus one extra route (auth and rate limits off), for what no real route can do."""
+    from server.app import create_app
+    from server.route_handling import install
+    from server.routing import Routes
+
+    app = create_app(settings)
+    extra = Routes()
+    getattr(extra, method)(path, auth=False, rate_limit=None)(handler)
+    install(app, [extra])
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    client = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.close()
 
 
 @pytest.fixture

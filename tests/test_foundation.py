@@ -8,7 +8,7 @@ import os
 import asyncpg
 import pytest
 
-from tests.conftest import _asyncpg_dsn, start_app
+from tests.conftest import _asyncpg_dsn, app_with_route, start_app
 from tests.support.api import Api
 
 
@@ -65,31 +65,15 @@ async def test_oversized_body_is_413_before_reading(api: Api) -> None:
 
 
 async def test_unhandled_error_is_500_without_internals(settings) -> None:
-    from aiohttp.test_utils import TestServer
-
-    from server.app import create_app
-    from server.route_handling import install
-    from server.routing import Routes
-
     async def explode() -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
-    app = create_app(settings)
-    extra = Routes()
-    extra.get("/boom", auth=False, rate_limit=None)(explode)
-    install(app, [extra])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = Api(str(server.make_url("")).rstrip("/"))
-    try:
+    async with app_with_route(settings, "get", "/boom", explode) as client:
         reply = await client.get("/boom")
         assert reply.status == 500
         assert reply.body["error"] == "internal_error"
         assert "secret" not in str(reply.body) and "Traceback" not in str(reply.body)
         assert reply.headers["X-Request-ID"] in reply.body["message"]
-    finally:
-        await client.close()
-        await server.close()
 
 
 async def test_request_id_and_security_headers(api: Api) -> None:

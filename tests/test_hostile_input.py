@@ -12,11 +12,10 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
 from pydantic import SecretStr
 from sqlalchemy import text
 
-from tests.conftest import _asyncpg_dsn, start_app
+from tests.conftest import _asyncpg_dsn, app_with_route, start_app
 from tests.support.api import Api, emails_in, verified_user, wait_for_email
 from tests.support.flows import balance
 from tests.support.workers import running_worker
@@ -162,10 +161,6 @@ async def test_numeric_fields_are_strict(api: Api, worker, settings) -> None:
 
 
 async def test_a_response_that_cannot_be_built_leaves_no_write(settings) -> None:
-    from server.app import create_app
-    from server.route_handling import install
-    from server.routing import Routes
-
     email = f"ghost-{uuid.uuid4().hex[:8]}@example.com"
 
     async def write_then_answer_badly(session) -> dict:
@@ -173,20 +168,10 @@ async def test_a_response_that_cannot_be_built_leaves_no_write(settings) -> None
                                    "VALUES (:email, 'x', '1990-01-01')"), {"email": email})
         return {"too_big": 10**20}  # orjson cannot encode it
 
-    app = create_app(settings)
-    extra = Routes()
-    extra.post("/unencodable", auth=False, rate_limit=None)(write_then_answer_badly)
-    install(app, [extra])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = Api(str(server.make_url("")).rstrip("/"))
-    try:
+    async with app_with_route(settings, "post", "/unencodable", write_then_answer_badly) as client:
         reply = await client.post("/unencodable")
         assert reply.status == 500 and reply.body["error"] == "internal_error"
         assert await _count(settings, "SELECT count(*) FROM users WHERE email = $1", email) == 0
-    finally:
-        await client.close()
-        await server.close()
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
@@ -362,10 +347,7 @@ async def test_server_header_names_no_software(api: Api) -> None:
 
 
 async def test_every_dev_log_line_carries_the_request_id_the_500_too(settings) -> None:
-    from server.app import create_app
     from server.logs import TextFormatter
-    from server.route_handling import install
-    from server.routing import Routes
 
     async def explode() -> None:
         logging.getLogger("server.test").warning("about to fail")
@@ -381,20 +363,12 @@ async def test_every_dev_log_line_carries_the_request_id_the_500_too(settings) -
     handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.addHandler(handler)
-    app = create_app(settings)
-    extra = Routes()
-    extra.get("/boom", auth=False, rate_limit=None)(explode)
-    install(app, [extra])
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    client = Api(str(server.make_url("")).rstrip("/"))
     try:
-        reply = await client.get("/boom", headers={"X-Request-ID": "req-0123456789"})
-        assert reply.status == 500
+        async with app_with_route(settings, "get", "/boom", explode) as client:
+            reply = await client.get("/boom", headers={"X-Request-ID": "req-0123456789"})
+            assert reply.status == 500
     finally:
         root.removeHandler(handler)
-        await client.close()
-        await server.close()
     mine = [line for line in lines if "about to fail" in line or "unhandled error" in line]
     assert len(mine) == 2, lines
     assert all("[req-0123456789]" in line for line in mine), mine
