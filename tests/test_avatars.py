@@ -21,6 +21,7 @@ from tests.conftest import start_app
 from tests.support.api import Api, verified_user
 from tests.support.events import history
 from tests.support.fake_xai import FakeXai
+from tests.support.flows import wait_for_avatar
 from tests.support.s3 import PresignGate, create_bucket, moto_s3, s3_settings
 from tests.support.workers import running_worker
 
@@ -48,13 +49,6 @@ async def balance(api: Api, user) -> int:
     return reply.body["credits"]["balance"]
 
 
-async def wait_settled(api: Api, user, avatar_id: str) -> dict:
-    async def settled():
-        reply = await api.get(f"/api/avatars/{avatar_id}", token=user.access_token)
-        return reply.body if reply.body["status"] != "creating" else None
-    return await wait_until(settled)
-
-
 async def ledger_rows(app, user_id: str) -> list:
     async with transaction(app[keys.resources].sessionmaker) as session:
         rows = await session.execute(select(CreditTransaction.type, CreditTransaction.amount,
@@ -80,7 +74,7 @@ async def test_verified_user_creates_an_avatar_that_becomes_ready_with_a_real_th
     assert created["appearance"] == {"hair": "teal", "height_cm": 170}
     assert await balance(api, user) == 15
 
-    ready = await wait_settled(api, user, created["id"])
+    ready = await wait_for_avatar(api, user, created["id"])
     assert ready["status"] == "ready", ready
     assert ready["profile"]["identity"].startswith("Mara, a 27-year-old adult with teal hair")
     parts = urlsplit(ready["thumbnail_url"])
@@ -111,7 +105,7 @@ async def test_the_job_is_safe_to_run_again(api, app_server, worker, settings) -
 
     user = await verified_user(api, outbox(settings))
     created = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-    ready = await wait_settled(api, user, created["id"])
+    ready = await wait_for_avatar(api, user, created["id"])
     before = await ledger_rows(app_server.app, user.id)
     await make_avatar({"res": app_server.app[keys.resources], "job_try": 1}, avatar_id=created["id"])
     again = (await api.get(f"/api/avatars/{created['id']}", token=user.access_token)).body
@@ -185,7 +179,7 @@ async def test_other_users_avatars_are_404_everywhere(api, worker, settings) -> 
     alice = await verified_user(api, outbox(settings))
     bob = await verified_user(api, outbox(settings))
     avatar = (await api.post("/api/avatars", json=NEW, token=alice.access_token)).body
-    await wait_settled(api, alice, avatar["id"])
+    await wait_for_avatar(api, alice, avatar["id"])
     path = f"/api/avatars/{avatar['id']}"
     assert (await api.get(path, token=bob.access_token)).status == 404
     assert (await api.put(path, json={"name": "Mine"}, token=bob.access_token)).status == 404
@@ -234,7 +228,7 @@ async def test_search_and_pagination(api, app_server) -> None:
 async def test_update_and_delete_remove_files_and_keep_content(api, app_server, worker, settings) -> None:
     user = await verified_user(api, outbox(settings))
     avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-    ready = await wait_settled(api, user, avatar["id"])
+    ready = await wait_for_avatar(api, user, avatar["id"])
     path = f"/api/avatars/{avatar['id']}"
     updated = await api.put(path, json={"name": "Mara B", "appearance": {"hair": "black"}}, token=user.access_token)
     assert updated.status == 200 and updated.body["name"] == "Mara B"
@@ -270,7 +264,7 @@ async def test_update_and_delete_remove_files_and_keep_content(api, app_server, 
 async def test_regenerate_thumbnail_charges_5_and_replaces_the_image(api, app_server, worker, settings) -> None:
     user = await verified_user(api, outbox(settings))
     avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-    await wait_settled(api, user, avatar["id"])
+    await wait_for_avatar(api, user, avatar["id"])
     storage = app_server.app[keys.resources].storage
     key = f"avatars/{user.id}/thumbnail_{avatar['id']}.jpg"
     old = await storage.get(key)
@@ -289,7 +283,7 @@ async def test_deleting_an_avatar_before_its_new_thumbnail_is_made_refunds_that_
     async with running_worker(settings):
         user = await verified_user(api, outbox(settings))
         avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-        await wait_settled(api, user, avatar["id"])
+        await wait_for_avatar(api, user, avatar["id"])
     regenerated = await api.post(f"/api/avatars/{avatar['id']}/regenerate-thumbnail", token=user.access_token)
     assert regenerated.status == 202 and await balance(api, user) == 10
     assert (await api.delete(f"/api/avatars/{avatar['id']}", token=user.access_token)).status == 204
@@ -331,7 +325,7 @@ async def test_a_permanent_provider_error_fails_the_avatar_and_refunds_once(sett
         async with running_worker(configured):
             user = await verified_user(api, outbox(configured))
             avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-            failed = await wait_settled(api, user, avatar["id"])
+            failed = await wait_for_avatar(api, user, avatar["id"])
             assert failed["status"] == "failed"
             assert "Image rejected by content moderation" in failed["error"]
             assert failed["profile"]["provider"] == "grok"  # the chat call worked, the image call did not
@@ -366,7 +360,7 @@ async def test_grok_and_s3_story(settings, xai) -> None:
             async with running_worker(configured):
                 user = await verified_user(api, outbox(configured))
                 avatar = (await api.post("/api/avatars", json=NEW, token=user.access_token)).body
-                ready = await wait_settled(api, user, avatar["id"])
+                ready = await wait_for_avatar(api, user, avatar["id"])
                 assert ready["status"] == "ready", ready
                 assert ready["profile"]["identity"].startswith("Mara, a 27-year-old adult")
                 assert ready["thumbnail_url"].startswith(gate.url) and "X-Amz-Signature=" in ready["thumbnail_url"]
@@ -397,7 +391,7 @@ async def test_sweep_requeues_avatars_whose_job_was_lost(api, app_server, worker
                                                     updated_at=text("now() - interval '15 minutes'")))
         await ledger.spend(session, user_id=uuid.UUID(user.id), amount=10, key=f"avatar:{avatar_id}:charge")
     assert await sweep_avatars({"res": res}) >= 1
-    ready = await wait_settled(api, user, str(avatar_id))
+    ready = await wait_for_avatar(api, user, str(avatar_id))
     assert ready["status"] == "ready"
     async with transaction(res.sessionmaker) as session:
         await session.execute(insert(Avatar).values(id=(hopeless := uuid.uuid4()), user_id=uuid.UUID(user.id),
@@ -416,7 +410,7 @@ async def test_a_paid_thumbnail_whose_job_was_lost_is_made_by_the_sweep(api, app
 
     user = await verified_user(api, outbox(settings))
     created = await api.post("/api/avatars", token=user.access_token, json={"name": "Nova", "age": 33})
-    ready = await wait_settled(api, user, created.body["id"])
+    ready = await wait_for_avatar(api, user, created.body["id"])
     res = app_server.app[keys.resources]
     regeneration_id = uuid.uuid4()
     async with transaction(res.sessionmaker) as session:  # what regenerate-thumbnail commits, minus the job

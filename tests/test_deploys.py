@@ -16,7 +16,7 @@ from server.avatars.service import job_id as avatar_job_id
 from server.config import Settings
 from server.credits.audit import find_drift
 from tests.support.api import Api, verified_user
-from tests.support.flows import balance, wait_for_content
+from tests.support.flows import balance, wait_for_avatar, wait_for_content
 from tests.support.processes import ServerProcess, WorkerProcess
 from tests.support.workers import running_worker
 
@@ -140,10 +140,6 @@ async def test_sigterm_during_avatar_creation_neither_fails_nor_refunds_it(
     avatar = (await api.get(f"/api/avatars/{created.body['id']}", token=user.access_token)).body
     assert avatar["status"] == "creating", avatar
     async with WorkerProcess(settings.model_copy(update={"local_ai_delay_ms": 50})):
-        for _ in range(200):
-            avatar = (await api.get(f"/api/avatars/{created.body['id']}", token=user.access_token)).body
-            if avatar["status"] != "creating":
-                break
-            await asyncio.sleep(0.05)
+        avatar = await wait_for_avatar(api, user, created.body["id"])
     assert avatar["status"] == "ready", avatar
     assert [r for r in await _ledger_rows(app_server, user.id) if r[0] in ("spend", "refund")] == [("spend", -10)]

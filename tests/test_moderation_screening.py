@@ -26,7 +26,7 @@ from server.moderation.classifier import (
 )
 from tests.conftest import grok_settings
 from tests.support.api import Api, verified_user
-from tests.support.flows import balance, wait_for_content
+from tests.support.flows import balance, wait_for_avatar, wait_for_content
 from tests.support.sockets import SocketClient
 
 AVATAR = {"name": "Mara", "age": 27, "description": "A travelling photographer", "style": "streetwear"}
@@ -199,11 +199,7 @@ async def test_avatars_are_screened_whole_on_create_and_on_every_update(grok_app
     assert avatar["status"] == "creating"
     # Its profile job screens what it writes and changes the avatar: let it finish first, so
     # the updates below neither race it (409) nor have their verdicts follow its own.
-    for _ in range(200):
-        current = (await api.get(f"/api/avatars/{avatar['id']}", token=user.access_token)).body
-        if current["status"] != "creating":
-            break
-        await asyncio.sleep(0.05)
+    current = await wait_for_avatar(api, user, avatar["id"])
     assert current["status"] == "ready", current
     calls = len(xai.classifier_calls())
     # Alone, "kinky" is fine; with the description already there it is step-family incest.
@@ -241,15 +237,7 @@ async def test_a_refused_profile_fails_the_avatar_and_refunds(grok_app, xai) -> 
     api, server, user = grok_app
     xai.classifier_flags["copper hair"] = "real_people"  # only the fake's generated profile says it
     avatar = (await api.post("/api/avatars", token=user.access_token, json=AVATAR)).body
-
-    async def settled():
-        reply = await api.get(f"/api/avatars/{avatar['id']}", token=user.access_token)
-        return reply.body if reply.body["status"] != "creating" else None
-
-    deadline = time.monotonic() + 20
-    while (failed := await settled()) is None:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    failed = await wait_for_avatar(api, user, avatar["id"])
     assert failed["status"] == "failed" and "content policy (real_people)" in failed["error"]
     assert failed["profile"] is None  # never saved
     assert xai.calls("POST /v1/images/generations") == []
@@ -280,7 +268,7 @@ async def test_an_enhanced_prompt_that_combines_into_a_refusal_is_never_sent(api
     user = await verified_user(api, settings.data_dir / "outbox")
     avatar = (await api.post("/api/avatars", token=user.access_token,
                              json={**AVATAR, "name": "Lolita"})).body  # a name alone is fine
-    ready = await wait_until_ready(api, user, avatar["id"])
+    ready = await wait_for_avatar(api, user, avatar["id"])
     assert ready["status"] == "ready"
     queued = await api.post("/api/content/generate/image", token=user.access_token,
                             json={"prompt": "in lingerie on a sofa", "avatar_id": avatar["id"]})
@@ -290,14 +278,6 @@ async def test_an_enhanced_prompt_that_combines_into_a_refusal_is_never_sent(api
     assert done["url"] is None and await balance(api, user) == 25 - 10
 
 
-async def wait_until_ready(api: Api, user, avatar_id: str) -> dict:
-    deadline = time.monotonic() + 20
-    while True:
-        reply = await api.get(f"/api/avatars/{avatar_id}", token=user.access_token)
-        if reply.body["status"] != "creating":
-            return reply.body
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
 
 
 async def test_retry_screens_the_prompt_again(api, app_server, worker, settings) -> None:
