@@ -19,6 +19,12 @@ import socketio
 from server.realtime.engine import LeanEngineServer
 
 Hook = Callable[[], Awaitable[None]]
+# A frame that is not [event name, ...], or that names an event python-socketio keeps for
+# itself (a client's "disconnect" would run our disconnect handler), reaches the catch-all
+# under this name: answered, counted against the socket's event limit, nothing else.
+INVALID_EVENT = "<invalid frame>"
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
+                             "newListener", "removeListener"})
 _after_reply: ContextVar[list[Hook] | None] = ContextVar("after_reply", default=None)
 
 
@@ -46,6 +52,22 @@ class RealtimeServer(socketio.AsyncServer):
             deadline = self._join_deadlines.pop(eio_sid, None)
             if deadline is not None:
                 deadline.cancel()
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # No API.md event carries binary data: attachments would pile up unbounded until the
+        # packet that announced them is complete.
+        if isinstance(data, bytes) or (isinstance(data, str) and data[:1] in ("5", "6")):
+            await self._handle_event(eio_sid, "/", None, [INVALID_EVENT])
+            return
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except ValueError:  # undecodable (bad JSON, lone surrogates) or an unknown packet type
+            await self._handle_event(eio_sid, "/", None, [INVALID_EVENT])
+
+    async def _handle_event(self, eio_sid: str, namespace: str, id: Any, data: Any) -> None:
+        if not (isinstance(data, list) and data and isinstance(data[0], str)) or data[0] in RESERVED_EVENTS:
+            data = [INVALID_EVENT]
+        await super()._handle_event(eio_sid, namespace, id, data)
 
     async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any,
                                      namespace: str, id: Any) -> None:

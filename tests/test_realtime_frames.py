@@ -1,0 +1,107 @@
+"""Socket.IO frames a hostile client writes by hand: reserved event names, malformed and binary packets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import aiohttp
+import orjson
+
+from server.realtime.server import realtime_key
+from tests.test_realtime import publish, url_of
+
+
+@asynccontextmanager
+async def joined(server, token: str):
+    """Engine.IO by hand: OPEN received, namespace joined; the websocket and the socket's sid."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            url_of(server) + "/socket.io/?EIO=4&transport=websocket") as ws:
+        assert (await ws.receive_str()).startswith("0")
+        await ws.send_str("40" + orjson.dumps({"token": token}).decode())
+        joined_packet = await ws.receive_str()
+        assert joined_packet.startswith("40"), joined_packet
+        yield ws, orjson.loads(joined_packet[2:])["sid"]
+
+
+async def frames_until(ws, predicate, timeout: float = 5.0) -> list[str]:
+    """Text frames received (pings answered) until one satisfies `predicate`."""
+    seen: list[str] = []
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await ws.receive()
+            if message.type != aiohttp.WSMsgType.TEXT:
+                seen.append(f"<{message.type.name}>")
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.CLOSING):
+                    return seen
+                continue
+            if message.data == "2":
+                await ws.send_str("3")
+                continue
+            seen.append(message.data)
+            if predicate(message.data):
+                return seen
+
+
+def ack(frames: list[str], ack_id: int) -> list:
+    prefix = f"43{ack_id}"
+    [answer] = [frame for frame in frames if frame.startswith(prefix) and frame[len(prefix)] == "["]
+    return orjson.loads(answer[len(prefix):])
+
+
+async def test_a_client_event_named_disconnect_is_only_an_unknown_event(app_server, api) -> None:
+    user = await api.register()
+    realtime = app_server.app[realtime_key]
+    async with joined(app_server, user.access_token) as (ws, sid):
+        await ws.send_str('421["disconnect"]')
+        await ws.send_str('422["connect",{"token":"x"}]')
+        frames = await frames_until(ws, lambda f: f.startswith("432"))
+        assert ack(frames, 1)[0]["ok"] is False and ack(frames, 2)[0]["ok"] is False
+        assert sid in realtime.connections  # still known, so its logout still finds it
+        ids = await publish(app_server, user.id, 1)
+        frames = await frames_until(ws, lambda f: f.startswith('42["credits.updated"'))
+        assert orjson.loads(frames[-1][2:])[1]["event_id"] == ids[0]
+        out = await api.post("/api/auth/logout", token=user.access_token,
+                             json={"refresh_token": user.refresh_token})
+        assert out.status == 204, out
+        frames = await frames_until(ws, lambda f: False)  # until the server closes it
+        assert any(frame.startswith('42["session.revoked"') for frame in frames), frames
+    assert sid not in realtime.connections
+
+
+async def test_malformed_frames_are_answered_without_a_traceback(app_server, api, caplog) -> None:
+    user = await api.register()
+    caplog.set_level(logging.ERROR)
+    async with joined(app_server, user.access_token) as (ws, _):
+        for frame in ('421[]', '422{"a":1}', '423[1,2]', '424["ping"', '425["ping","\\ud800"]', "4z"):
+            await ws.send_str(frame)
+        await ws.send_str('426["ping"]')
+        frames = await frames_until(ws, lambda f: f.startswith("436"))
+        for ack_id in (1, 2, 3):
+            assert ack(frames, ack_id)[0]["ok"] is False, frames
+        assert ack(frames, 6)[0]["ok"] is True  # the socket still works
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_a_flood_of_malformed_frames_is_cut_off_like_any_other(app_server, api, settings) -> None:
+    user = await api.register()
+    async with joined(app_server, user.access_token) as (ws, _):
+        for _ in range(settings.socketio_client_events_per_10s + 5):
+            await ws.send_str("42[]")
+        frames = await frames_until(ws, lambda f: False, timeout=10)
+    assert frames[-1].startswith("<CLOS"), frames[-5:]
+
+
+async def test_binary_attachments_are_refused_not_kept(app_server, api) -> None:
+    user = await api.register()
+    sio = app_server.app[realtime_key].sio
+    async with joined(app_server, user.access_token) as (ws, _):
+        await ws.send_str('4599999-["ping",{"_placeholder":true,"num":0}]')
+        for _ in range(20):
+            await ws.send_bytes(b"\x00" * 60_000)
+        await ws.send_str('427["ping"]')
+        frames = await frames_until(ws, lambda f: f.startswith("437"))
+        assert ack(frames, 7)[0]["ok"] is True
+        assert sio._binary_packet == {}
