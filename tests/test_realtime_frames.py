@@ -10,6 +10,8 @@ import aiohttp
 import orjson
 
 from server.realtime.server import realtime_key
+from tests.support.api import verified_user
+from tests.support.flows import balance
 from tests.test_realtime import publish, url_of
 
 
@@ -105,3 +107,21 @@ async def test_binary_attachments_are_refused_not_kept(app_server, api) -> None:
         frames = await frames_until(ws, lambda f: f.startswith("437"))
         assert ack(frames, 7)[0]["ok"] is True
         assert sio._binary_packet == {}
+
+
+async def test_a_socket_cut_off_for_flooding_still_acks_every_action_it_was_charged_for(
+        app_server, api, settings, worker) -> None:
+    user = await verified_user(api, settings.data_dir / "outbox")
+    limit = settings.socketio_client_events_per_10s
+    async with joined(app_server, user.access_token) as (ws, _):
+        for n in range(1, limit + 2):
+            await ws.send_str(f"42{n}" + orjson.dumps(
+                ["content.generate", {"kind": "image", "prompt": f"a lamp, take {n}"}]).decode())
+        frames = await frames_until(ws, lambda f: False, timeout=30)
+    acks = {n: ack(frames, n)[0] for n in range(1, limit + 2) if any(f.startswith(f"43{n}[") for f in frames)}
+    assert acks[limit + 1]["error"]["error"] == "rate_limited"
+    assert len(acks) == limit + 1, sorted(set(range(1, limit + 2)) - set(acks))
+    accepted = {a["data"]["id"] for a in acks.values() if a["ok"]}
+    listed = await api.get("/api/content", token=user.access_token)
+    assert {item["id"] for item in listed.body["items"]} == accepted and len(accepted) == 5
+    assert await balance(api, user) == 0

@@ -40,6 +40,7 @@ from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
+ACK_GRACE_SECONDS = 10.0
 _BEHIND = """
 SELECT c.user_id::text AS user_id, c.event_seq FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seen)
 JOIN user_credits c ON c.user_id = u.id WHERE c.event_seq > u.seen
@@ -249,6 +250,9 @@ class Realtime:
 
     async def cut_off(self, sid: str) -> None:
         """Close a socket for good: its namespace, then its transport."""
+        # Actions it sent before the one that crossed the limit may be charging now: an accepted
+        # action always gets its ack (API.md), so they finish first.
+        await self.sio.settle(sid, timeout=ACK_GRACE_SECONDS)
         eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.sio.disconnect(sid, ignore_queue=True)
         if eio_sid is not None:
@@ -307,7 +311,8 @@ class Realtime:
             await self.manager.redis.aclose()
 
     async def close_all(self, app: web.Application) -> None:
-        """On shutdown: close every socket so clients reconnect to another instance."""
+        """On shutdown: close every socket so clients reconnect to another instance (acks sent first)."""
+        await asyncio.gather(*(self.sio.settle(sid, timeout=ACK_GRACE_SECONDS) for sid in list(self.connections)))
         await self._close_transports(list(self.sio.eio.sockets))
         closing = self.sio.eio.closing_websockets
         if closing:

@@ -41,6 +41,7 @@ class RealtimeServer(socketio.AsyncServer):
         super().__init__(*args, **kwargs)
         self.connect_timeout = connect_timeout
         self._join_deadlines: dict[str, asyncio.TimerHandle] = {}
+        self._handling: dict[str, set[asyncio.Task[Any]]] = {}  # sid -> events being handled
 
     def _engineio_server_class(self) -> type[LeanEngineServer]:
         return LeanEngineServer
@@ -71,8 +72,23 @@ class RealtimeServer(socketio.AsyncServer):
 
     async def _handle_event_internal(self, server: Any, sid: str, eio_sid: str, data: Any,
                                      namespace: str, id: Any) -> None:
-        await self._with_after_reply(
-            super()._handle_event_internal(server, sid, eio_sid, data, namespace, id))
+        task = asyncio.current_task()
+        assert task is not None
+        handling = self._handling.setdefault(sid, set())
+        handling.add(task)
+        try:
+            await self._with_after_reply(
+                super()._handle_event_internal(server, sid, eio_sid, data, namespace, id))
+        finally:
+            handling.discard(task)
+            if not handling and self._handling.get(sid) is handling:
+                del self._handling[sid]
+
+    async def settle(self, sid: str, timeout: float) -> None:
+        """Wait (bounded) until the socket's events being handled, other than the caller's, have sent their acks."""
+        others = self._handling.get(sid, set()) - {asyncio.current_task()}
+        if others:
+            await asyncio.wait(others, timeout=timeout)
 
     async def _with_after_reply(self, handling: Awaitable[None]) -> None:
         hooks: list[Hook] = []
