@@ -192,6 +192,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env.setdefault("LOG_JSON", "false")
     if args.port:
         env["PORT"] = str(args.port)
+    # A dev instance grants credits at once (local billing) and shows /metrics: this machine only,
+    # unless HOST says otherwise.
+    env.setdefault("HOST", "127.0.0.1")
     if not env.get("JWT_SECRET"):
         env["JWT_SECRET"] = _persistent_secret(data_dir / "jwt_secret")
     postgres = redis = None
@@ -209,7 +212,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         cmd_seed(settings)
         worker = WorkerSupervisor(env)
         print(
-            f"\nLustify dev is up: http://127.0.0.1:{settings.port}  (the studio; API docs: /docs, health: /health)\n"
+            f"\nLustify dev is up: http://{settings.host}:{settings.port}  (the studio; API docs: /docs, health: /health)\n"
             f"  database: {'embedded ' + str(data_dir / 'postgres') if postgres else 'DATABASE_URL'}\n"
             f"  redis:    {'embedded ' + env['REDIS_URL'] if redis else 'REDIS_URL'}\n"
             f"  emails:   printed here and written to {data_dir / 'outbox'}\n"

@@ -55,6 +55,17 @@ def _worker_pids(parent: int) -> list[int]:
     return found
 
 
+def _listening_on(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on `port`, from /proc/net/tcp."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 def _wait_worker(url: str, timeout: float = 30) -> None:
     """Until /health sees a worker heartbeat."""
     deadline = time.monotonic() + timeout
@@ -101,6 +112,7 @@ def test_dev_starts_on_embedded_servers_and_keeps_data(tmp_path: Path) -> None:
     try:
         health = _wait_healthy(proc, url)
         assert {k: health["checks"][k] for k in ("database", "redis")} == {"database": "ok", "redis": "ok"}
+        assert _listening_on(port) == {"127.0.0.1"}  # not the network: local billing grants credits
         _wait_worker(url)
         [first_worker] = _worker_pids(proc.pid)
         # A worker that dies is started again, and /health sees the new one beat.

@@ -90,6 +90,8 @@ async def test_signed_local_urls_cannot_be_altered_or_outlive_expiry(api: Api, a
     assert expired.status == 403
     bumped = parts.query.replace("expires=", "expires=9")
     assert (await api.get(f"{parts.path}?{bumped}")).status == 403
+    not_ascii = await api.get(f"{parts.path}?expires=9999999999&sig=%C3%A9")
+    assert not_ascii.status == 403 and not_ascii.body["error"] == "forbidden"
     traversal = await api.get("/files/..%2F..%2Fetc%2Fpasswd?expires=9999999999&sig=x")
     assert traversal.status in (403, 404)
     await storage.delete(f"content/{alice}/image_a.jpg")

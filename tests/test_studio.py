@@ -106,7 +106,8 @@ async def test_static_files_are_served_with_types_and_caching_and_nothing_outsid
     assert vendored.status == 200 and "immutable" in vendored.headers["Cache-Control"]
     for path in ["/studio/../server/config.py", "/studio/%2e%2e/routes.py", "/studio/..%2froutes.py",
                  "/studio/vendor/README.md", "/studio/index.html", "/studio/js/", "/studio/nope.js",
-                 "/studio/vendor/socket.io-client-4.8.4/socket.io.esm.min.js.map"]:
+                 "/studio/vendor/socket.io-client-4.8.4/socket.io.esm.min.js.map", "/studio/a%00",
+                 "/studio/" + "a" * 300 + ".js"]:
         async with api.http.get(api.base_url + path) as resp:  # sent as written, not normalised
             assert resp.status == 404, path
     assert (await api.post("/studio/js/main.js", json={})).status == 405

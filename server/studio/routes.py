@@ -113,9 +113,12 @@ async def studio_page(request: web.Request) -> web.Response:
 async def studio_file(request: web.Request) -> web.StreamResponse:
     """A script, style sheet, image or vendored library of the studio."""
     root = STATIC.resolve()
-    file = (root / request.match_info["path"]).resolve()
-    if (not file.is_relative_to(root) or not file.is_file() or file.name.startswith(".")
-            or file.suffix in (".map", ".md", ".html")):
+    try:
+        file = (root / request.match_info["path"]).resolve()
+        found = file.is_relative_to(root) and file.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        found = False
+    if not found or file.name.startswith(".") or file.suffix in (".map", ".md", ".html"):
         raise NotFound("No such studio file")
     vendored = file.is_relative_to(root / "vendor")
     return web.FileResponse(file, headers={

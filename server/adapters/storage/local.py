@@ -64,7 +64,8 @@ class LocalStorage:
             expires_at = int(expires)
         except ValueError as exc:
             raise Forbidden("This file link is invalid") from exc
-        if not hmac.compare_digest(self._signature(key, expires_at), sig or ""):
+        # As bytes: compare_digest refuses str with characters outside ASCII (a 500, not a 403).
+        if not hmac.compare_digest(self._signature(key, expires_at).encode(), (sig or "").encode()):
             raise Forbidden("This file link is invalid")
         if expires_at < time.time():
             raise Forbidden("This file link has expired")
