@@ -76,6 +76,17 @@ def _recorded(status: int) -> bool:
     return 400 <= status < 500 and status != 429
 
 
+async def _record(session: AsyncSession, user_id: uuid.UUID, key: str) -> Any:
+    return (await session.execute(select(Record.fingerprint, Record.status, Record.response)
+                                  .where(Record.user_id == user_id, Record.key == key))).one_or_none()
+
+
+def _replay(found: Any, fingerprint: bytes) -> Outcome:
+    if found.fingerprint != fingerprint:
+        raise IdempotencyKeyReused()
+    return Outcome(found.status, found.response, replayed=True)
+
+
 async def run(session: AsyncSession, *, user_id: uuid.UUID, key: str, fingerprint: bytes, status: int,
               work: Callable[[], Awaitable[Any]]) -> Outcome:
     """The outcome recorded for this key, or run `work` and record its outcome in this transaction."""
@@ -85,19 +96,15 @@ async def run(session: AsyncSession, *, user_id: uuid.UUID, key: str, fingerprin
     # it takes no part in the lock order. An in-progress row committed ahead would cost a
     # second commit per request and a lease to expire.
     locked = (await session.execute(_TRY_LOCK, {"k": f"idempotency:{user_id}:{key}"})).scalar_one()
-    if not locked:
-        raise IdempotencyKeyInUse()
     # A statement of its own, so under READ COMMITTED its snapshot follows the lock and sees
     # the record of a first request that committed just before. Should it not, the primary
-    # key still refuses a second record, and the work goes with it.
-    found = (await session.execute(
-        select(Record.fingerprint, Record.status, Record.response)
-        .where(Record.user_id == user_id, Record.key == key)
-    )).one_or_none()
+    # key still refuses a second record, and the work goes with it. Without the lock the
+    # key is busy, perhaps only with another replay of a finished request: that replays too.
+    found = await _record(session, user_id, key)
     if found is not None:
-        if found.fingerprint != fingerprint:
-            raise IdempotencyKeyReused()
-        return Outcome(found.status, found.response, replayed=True)
+        return _replay(found, fingerprint)
+    if not locked:
+        raise IdempotencyKeyInUse()
 
     hooks = session.info.setdefault("after_commit", [])
     registered = len(hooks)
@@ -140,16 +147,16 @@ async def run_unwrapped(sessionmaker: Any, redis: Any, *, user_id: uuid.UUID, ke
     """
     lock = f"idempotency-lock:{user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
     if not await redis.set(lock, b"1", nx=True, px=UNWRAPPED_LOCK_MS):
-        raise IdempotencyKeyInUse()
+        async with sessionmaker() as session:
+            found = await _record(session, user_id, key)
+        if found is None:
+            raise IdempotencyKeyInUse()
+        return _replay(found, fingerprint)
     try:
         async with sessionmaker() as session:
-            found = (await session.execute(
-                select(Record.fingerprint, Record.status, Record.response)
-                .where(Record.user_id == user_id, Record.key == key))).one_or_none()
+            found = await _record(session, user_id, key)
         if found is not None:
-            if found.fingerprint != fingerprint:
-                raise IdempotencyKeyReused()
-            return Outcome(found.status, found.response, replayed=True)
+            return _replay(found, fingerprint)
         try:
             result = await work()
         except DomainError as exc:

@@ -132,6 +132,17 @@ async def test_twenty_concurrent_sends_of_one_key_charge_once(api: Api, worker, 
     assert retry.status == 202 and retry.headers[REPLAYED] == "true" and retry.body == fresh[0].body
 
 
+async def test_concurrent_retries_of_a_finished_request_all_replay(api: Api, worker, settings, database_url) -> None:
+    user = await verified_user(api, settings.data_dir / "outbox")
+    first = await api.post(IMAGE, json=BODY, token=user.access_token, headers={KEY: "done"})
+    assert first.status == 202
+    retries = await asyncio.gather(*(
+        api.post(IMAGE, json=BODY, token=user.access_token, headers={KEY: "done"}) for _ in range(12)))
+    assert [(r.status, r.headers.get(REPLAYED)) for r in retries] == [(202, "true")] * 12, retries
+    assert all(r.body == first.body for r in retries)
+    assert len(await _spends(database_url, user)) == 1
+
+
 async def test_a_key_still_running_is_409_at_once_then_replays(api: Api, worker, settings, database_url) -> None:
     user = await verified_user(api, settings.data_dir / "outbox")
     async with _CreditsLocked(database_url, user) as money:
