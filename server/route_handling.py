@@ -77,6 +77,8 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             kwargs["body"] = parse(spec.body, raw)
         elif not spec.raw_body and request.method in BODY_METHODS:
             refuse_body(await read_json(request, limit=spec.body_limit))
+        if spec.screen is not None:
+            await spec.screen(res, user, kwargs.get("body"))
         key = idempotency.key_from(request) if spec.idempotent else None
         if "idempotency_key" in wants:
             kwargs["idempotency_key"] = key

@@ -37,6 +37,10 @@ class RouteSpec:
     raw_body: bool = False
     idempotent: bool = False  # takes an Idempotency-Key (server/idempotency.py)
     max_body: int | None = None  # bytes; None: DEFAULT_MAX_BODY, or RAW_MAX_BODY for raw bodies
+    # Called with (resources, user, body) before any transaction opens: a content screening
+    # that may call the classifier must not hold a connection (the service screens again,
+    # from the moderator's memory of what it allowed).
+    screen: Callable[[Any, Any, Any], Awaitable[None]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -112,8 +112,10 @@ async def test_model_output_refusals_fail_the_job_and_missing_verdicts_retry_it(
         assert not flagged.value.transient and "(non_consent)" in flagged.value.message
         xai.classifier_mode = "malformed"
         with pytest.raises(ProviderError) as unscreened:
-            await moderator.screen_enhanced_prompt("a lighthouse at dawn", user_id="u-1")
+            await moderator.screen_enhanced_prompt("a lighthouse at dusk", user_id="u-1")
         assert unscreened.value.transient
+        # A text allowed moments ago is not sent again (the request screened before its transaction).
+        await moderator.screen_enhanced_prompt("a lighthouse at dawn", user_id="u-1")
     finally:
         await moderator.aclose()
 
@@ -344,3 +346,39 @@ async def test_an_update_judged_on_words_changed_meanwhile_is_refused_not_applie
     assert late.status == 409 and late.body["error"] == "conflict"
     current = (await api.get(f"/api/avatars/{avatar['id']}", token=user.access_token)).body
     assert current["description"] == "a lighthouse keeper" and current["style"] == AVATAR["style"]
+
+
+@pytest.mark.parametrize("channel", ["rest", "socket"])
+async def test_a_keyed_request_holds_no_database_connection_while_the_classifier_thinks(
+        grok_app, xai, settings, channel) -> None:
+    api, server, user = grok_app
+    xai.classifier_mode, xai.classifier_delay_seconds = "slow", 0.8  # under the 1 s timeout
+    before = len(xai.classifier_calls())
+    socket = None
+    if channel == "rest":
+        sent = asyncio.create_task(api.post("/api/content/generate/image", token=user.access_token,
+                                            json={"prompt": "a lamp by a window"}, headers={"Idempotency-Key": "k1"}))
+    else:
+        socket = SocketClient()
+        await socket.connect(str(server.make_url("")).rstrip("/"), token=user.access_token)
+        sent = asyncio.create_task(socket.call("content.generate", {
+            "kind": "image", "prompt": "a lamp by a window", "request_id": "k1"}))
+    try:
+        deadline = time.monotonic() + 5
+        while len(xai.classifier_calls()) == before:  # until the request waits for its verdict
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            open_transactions = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")
+        finally:
+            await conn.close()
+        assert open_transactions == 0
+        answer = await sent
+        accepted = answer.status == 202 if channel == "rest" else answer["ok"] is True
+        assert accepted, answer
+    finally:
+        if socket is not None:
+            await socket.close()

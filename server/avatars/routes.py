@@ -39,7 +39,8 @@ async def list_avatars(request: web.Request, reader: asyncpg.Connection, user: C
 
 
 @routes.post("/api/avatars", body=AvatarCreateIn, response=AvatarOut, status=202, rate_limit="generation",
-             errors=(402, 403, 422, 503), idempotent=True)
+             errors=(402, 403, 422, 503), idempotent=True,
+             screen=lambda res, user, body: service.screen_create(res.moderator, user, body))
 async def create_avatar(request: web.Request, session: AsyncSession, user: CurrentUser,
                         body: AvatarCreateIn) -> dict:
     """Create an avatar (10 credits); its profile and thumbnail are made by a job."""

@@ -87,12 +87,17 @@ async def avatar_stats(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str
             "limit": await avatar_limit(session, user_id=user_id)}
 
 
+async def screen_create(moderator: Moderator, user: CurrentUser, data: AvatarCreateIn) -> None:
+    """A new avatar's words through both layers; call it before any statement (no connection held)."""
+    user.require_verified()
+    await moderator.screen(user_id=user.id, context="avatar", fields=_screened(data.model_dump()))
+
+
 async def create_avatar(session: AsyncSession, *, user: CurrentUser, data: AvatarCreateIn,
                         storage: Storage, queue: ArqRedis, moderator: Moderator) -> dict[str, Any]:
     """Insert the avatar (creating) and charge for it in one transaction; the job does the rest."""
     user.require_verified()
-    # Before any statement: the classifier call must not hold a connection or a transaction.
-    await moderator.screen(user_id=user.id, context="avatar", fields=_screened(data.model_dump()))
+    await screen_create(moderator, user, data)
     await lock_account(session, user_id=user.id)  # also: two creates never see one free slot
     limits = await avatar_limit(session, user_id=user.id)
     if limits["remaining"] <= 0:

@@ -44,7 +44,8 @@ async def content_stats(session: AsyncSession, user: CurrentUser) -> dict:
 
 
 @routes.post("/api/content/generate/image", body=GenerateImageIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True,
+             screen=lambda res, user, body: service.screen_request(res.moderator, user, body))
 async def generate_image(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateImageIn) -> dict:
     """Queue an image generation (charged now, refunded if it fails)."""
@@ -52,7 +53,8 @@ async def generate_image(request: web.Request, session: AsyncSession, user: Curr
 
 
 @routes.post("/api/content/generate/video", body=GenerateVideoIn, response=ContentOut, status=202,
-             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True)
+             rate_limit="generation", errors=(402, 403, 404, 409, 422, 429, 503), idempotent=True,
+             screen=lambda res, user, body: service.screen_request(res.moderator, user, body))
 async def generate_video(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: GenerateVideoIn) -> dict:
     """Queue a video generation, optionally animating one of your completed images."""

@@ -84,14 +84,19 @@ async def _own_completed_image(session: AsyncSession, *, user_id: uuid.UUID, con
                        details=[{"field": "source_content_id", "message": f"{row.type} is {row.status}"}])
 
 
+async def screen_request(moderator: Moderator, user: CurrentUser, request: GenerateImageIn | GenerateVideoIn) -> None:
+    """The prompt through both layers; call it before any statement (the classifier holds no connection)."""
+    user.require_verified()
+    await moderator.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
+
+
 async def create_generation(
     session: AsyncSession, *, user: CurrentUser, request: GenerateImageIn | GenerateVideoIn,
     queue: ArqRedis, storage: Storage, moderator: Moderator,
 ) -> dict[str, Any]:
     """Insert the content (queued) and charge for it in this transaction; the job follows commit."""
     user.require_verified()
-    # First, before any statement: the classifier call must not hold a connection or transaction.
-    await moderator.screen(user_id=user.id, context="prompt", fields={"prompt": request.prompt})
+    await screen_request(moderator, user, request)
     kind = "video" if isinstance(request, GenerateVideoIn) else "image"
     if request.avatar_id is not None:
         await _own_usable_avatar(session, user_id=user.id, avatar_id=request.avatar_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,8 @@ UserId = uuid.UUID | str | None
 # Profile parts that become prompts must read as adults on their own; the backstory may
 # mention a childhood, so it is judged as a prompt would be.
 PROFILE_STRICT = ("identity", "physical_traits", "style", "personality")
+ALLOWED_FOR_SECONDS = 120.0  # a request screened before its transaction is not sent twice
+ALLOWED_KEPT = 10_000
 
 
 def _refuse(policy: ContentPolicy, *, category: str, field: str, rule: str, layer: str, user_id: UserId,
@@ -48,6 +51,19 @@ class Moderator:
     def __init__(self, *, classifier: Classifier, policy: ContentPolicy | None = None) -> None:
         self.classifier = classifier
         self.policy = policy or load_policy()
+        self._allowed: dict[bytes, float] = {}  # digest of (context, texts) -> until when
+
+    def _remembered(self, digest: bytes) -> bool:
+        until = self._allowed.get(digest)
+        return until is not None and until > time.monotonic()
+
+    def _remember(self, digest: bytes) -> None:
+        if len(self._allowed) >= ALLOWED_KEPT:
+            now = time.monotonic()
+            self._allowed = {d: until for d, until in self._allowed.items() if until > now}
+            if len(self._allowed) >= ALLOWED_KEPT:
+                self._allowed.clear()
+        self._allowed[digest] = time.monotonic() + ALLOWED_FOR_SECONDS
 
     async def aclose(self) -> None:
         await self.classifier.aclose()
@@ -61,6 +77,9 @@ class Moderator:
         texts = {name: text for name, value in fields.items() if (text := flatten(value)).strip()}
         if not texts:
             return
+        digest = hashlib.sha256(repr((context, sorted(texts.items()))).encode()).digest()
+        if self._remembered(digest):
+            return
         try:
             verdict = await self.classifier.classify(context=context, fields=texts)
         except ClassifierUnavailable as exc:
@@ -70,6 +89,7 @@ class Moderator:
         if not verdict.allowed:
             raise _refuse(self.policy, category=verdict.category or "unspecified", field=",".join(texts),
                           rule="classifier", layer="classifier", user_id=user_id, fields=fields)
+        self._remember(digest)
 
     async def screen_enhanced_prompt(self, prompt: str, *, user_id: UserId) -> None:
         """The model's rewrite of a prompt, before it is sent to the image/video model."""

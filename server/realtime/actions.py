@@ -109,6 +109,8 @@ async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
         key = idempotency.valid_key(key, field="request_id")
     res = ctx.resources
     await res.rate_limiter.hit("generation", f"user:{ctx.user.id}")
+    # Before the key's lock, the transaction's first statement: the classifier holds no connection.
+    await content_service.screen_request(res.moderator, ctx.user, request)
 
     async def work() -> dict[str, Any]:
         return await content_service.create_generation(ctx.session, user=ctx.user, request=request,
