@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     rate_limit_auth: str = "5/minute"
     rate_limit_api: str = "100/15minutes"
     rate_limit_generation: str = "10/minute"
+    rate_limit_mail: str = "5/hour"  # emails we are asked to send to one address (sign-up, reset, resend)
     trusted_proxies: CommaList = Field(default_factory=list)  # proxies whose X-Forwarded-For we believe
 
     cors_origins: CommaList = Field(

@@ -82,6 +82,7 @@ class RateLimiter:
             "auth": Rate.parse(settings.rate_limit_auth),
             "api": Rate.parse(settings.rate_limit_api),
             "generation": Rate.parse(settings.rate_limit_generation),
+            "mail": Rate.parse(settings.rate_limit_mail),
         }
         self.client_ip = ClientAddress(settings.trusted_proxies)
         self._script = redis.register_script(_HIT)
@@ -105,9 +106,14 @@ class RateLimiter:
             )
         return verdict
 
-    async def hit_account(self, email: str) -> Verdict | None:
-        """Count a sign-in, sign-up or reset attempt for one address, whatever IP it comes from."""
-        return await self.hit("auth", f"email:{email}")
+    async def hit_account(self, email: str, action: str) -> Verdict | None:
+        """Count a sign-in, sign-up or reset attempt for one address, whatever IP it comes from;
+        each action apart, so others asking for resets cannot lock the owner out of signing in."""
+        return await self.hit("auth", f"email:{action}:{email}")
+
+    async def hit_mailbox(self, email: str) -> Verdict | None:
+        """Count an email we are asked to send to this address: nobody can make us flood an inbox."""
+        return await self.hit("mail", f"to:{email}")
 
     async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> Verdict | None:
         """Count a request: per user where signed in (not for auth routes), else per client IP."""

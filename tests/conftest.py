@@ -134,6 +134,7 @@ def settings(database_url: str, redis_url: str, tmp_data_dir: Path) -> Iterator[
         rate_limit_auth="1000/minute",
         rate_limit_api="100000/minute",
         rate_limit_generation="1000/minute",
+        rate_limit_mail="1000/minute",
         data_dir=tmp_data_dir,
         local_ai_delay_ms=0,
         log_json=False,

@@ -376,3 +376,29 @@ async def test_a_reset_link_sent_to_an_old_address_dies_with_the_email_change(ap
     stale = await api.post("/api/auth/reset-password", json={"token": _reset_token(reset_mail),
                                                              "password": "attacker-password"})
     assert stale.status == 400 and stale.body["error"] == "invalid_token"
+
+
+async def test_reset_requests_by_others_cannot_lock_the_owner_out_nor_flood_an_inbox(settings, worker) -> None:
+    from server.config import Settings
+
+    limited = Settings(**{**settings.model_dump(), "rate_limit_auth": "3/minute", "rate_limit_mail": "5/minute",
+                          "trusted_proxies": ["127.0.0.1"],  # each request below from its own address
+                          "jwt_secret": settings.jwt_secret, "db_password": settings.db_password})
+    server = await start_app(limited)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    addresses = (f"10.9.{n // 250}.{n % 250}" for n in range(1000))
+
+    async def post(path: str, **kw):
+        return await api.post(path, headers={"X-Forwarded-For": next(addresses)}, **kw)
+
+    try:
+        user = await api.register()  # the verification email: the inbox's first
+        resets = [(await post("/api/auth/forgot-password", json={"email": user.email})).status for _ in range(4)]
+        assert resets == [202, 202, 202, 429], resets  # three reset requests a minute per address
+        login = await post("/api/auth/login", json={"email": user.email, "password": user.password})
+        assert login.status == 200, login  # the owner's sign-in has its own count
+        resend = [(await post("/api/auth/resend-verification", token=user.access_token)).status for _ in range(2)]
+        assert resend == [202, 429], resend  # five emails a minute to one inbox, whoever asks
+    finally:
+        await api.close()
+        await server.close()

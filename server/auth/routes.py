@@ -34,15 +34,18 @@ def _meta(request: web.Request) -> dict[str, str | None]:
             "ip": limiter.client_ip(request)[:64]}
 
 
-async def _limit_email(request: web.Request, email: str) -> None:
-    await request.app[keys.resources].rate_limiter.hit_account(email)
+async def _limit_email(request: web.Request, email: str, action: str, *, mails: bool = False) -> None:
+    limiter = request.app[keys.resources].rate_limiter
+    await limiter.hit_account(email, action)
+    if mails:
+        await limiter.hit_mailbox(email)
 
 
 @routes.post("/api/auth/register", body=RegisterIn, response=AcceptedOut, status=202, auth=False,
              rate_limit="auth", max_body=AUTH_MAX_BODY)
 async def register(request: web.Request, body: RegisterIn) -> dict:
     """Create an account (18+) and email a verification link; the same answer for a known email."""
-    await _limit_email(request, body.email)
+    await _limit_email(request, body.email, "register", mails=True)
     res = request.app[keys.resources]
     await service.register(res.sessionmaker, data=body, settings=res.settings, queue=res.queue)
     return {"status": "accepted",
@@ -53,7 +56,7 @@ async def register(request: web.Request, body: RegisterIn) -> dict:
              errors=(401,), max_body=AUTH_MAX_BODY)
 async def login(request: web.Request, body: LoginIn) -> dict:
     """Sign in with email and password."""
-    await _limit_email(request, body.email)
+    await _limit_email(request, body.email, "login")
     res = request.app[keys.resources]
     signed_in = await service.login(res.sessionmaker, email=body.email, password=body.password,
                                     settings=res.settings, meta=_meta(request))
@@ -91,6 +94,7 @@ async def verify_email(request: web.Request, session: AsyncSession) -> dict:
 async def resend_verification(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
     """Send a new verification email."""
     res = request.app[keys.resources]
+    await res.rate_limiter.hit_mailbox(user.email)
     await service.resend_verification(session, user_id=user.id, settings=res.settings, queue=res.queue)
     return {"status": "accepted", "message": "If the address is unverified, a new email is on its way"}
 
@@ -99,7 +103,7 @@ async def resend_verification(request: web.Request, session: AsyncSession, user:
              auth=False, rate_limit="auth", max_body=AUTH_MAX_BODY)
 async def forgot_password(request: web.Request, body: ForgotPasswordIn) -> dict:
     """Email a password reset link (202 whether or not the account exists)."""
-    await _limit_email(request, body.email)
+    await _limit_email(request, body.email, "reset", mails=True)
     await service.forgot_password(email=body.email, queue=request.app[keys.resources].queue)
     return {"status": "accepted", "message": "If an account exists for this email, a reset link is on its way"}
 
@@ -126,6 +130,8 @@ async def update_profile(request: web.Request, session: AsyncSession, user: Curr
                          body: ProfileUpdateIn) -> dict:
     """Change display name, time zone, email or password."""
     res = request.app[keys.resources]
+    if body.email is not None and body.email != user.email:
+        await res.rate_limiter.hit_mailbox(body.email)  # the new address gets a verification email
     return await service.update_profile(session, user_id=user.id, data=body, settings=res.settings,
                                         queue=res.queue)
 
