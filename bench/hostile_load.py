@@ -1,6 +1,7 @@
 """Does hostile load hold the event loop? /health latency, probed from a process of its own,
-while 20 clients send maximum-size bodies as fast as they can, or 20 logins run at once at
-bcrypt cost 12 (with the old pool of 6 hashing threads and the new one of cores - 1).
+while 20 clients send maximum-size bodies as fast as they can, 20 logins run at once at
+bcrypt cost 12 (with the old pool of 6 hashing threads and the new one of cores - 1), or 12
+clients update an avatar with the most text the content rules must read.
 
     .venv/bin/python -m bench.hostile_load [--seconds 15]
 
@@ -18,8 +19,9 @@ import time
 import uuid
 
 import aiohttp
+import asyncpg
 
-from bench.harness import own_database, server_process, summary
+from bench.harness import _dsn, own_database, server_process, summary
 
 AUTH_MAX, JSON_MAX, WEBHOOK_MAX = 16 * 1024, 64 * 1024, 512 * 1024
 JSON = {"Content-Type": "application/json"}
@@ -137,12 +139,51 @@ async def logins_scenario(url: str, *, rounds: int = 2) -> tuple[list[float], fl
     return await collect(prober), 20 * rounds / elapsed
 
 
+def largest_avatar_text() -> dict:
+    """The most text an avatar update can carry (~11 KB), all of which the rules must read."""
+    words = "a quiet painter by the sea " * 80
+    return {"description": words[:2000], "personality": words[:1000], "style": words[:500],
+            "appearance": {f"trait {n:02d} " + "x" * 40: words[:200] for n in range(30)}}
+
+
+async def screening_scenario(url: str, database_url: str, *, seconds: float,
+                             clients: int = 12) -> tuple[list[float], dict[str, int]]:
+    """/health while `clients` loops PUT the largest avatar text, back to back."""
+    email, token = await new_account(url, "a long password")
+    conn = await asyncpg.connect(_dsn(database_url))
+    await conn.execute("UPDATE users SET email_verified = true WHERE email = $1", email)
+    await conn.close()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/api/avatars", json={"name": "Mara", "age": 30}, headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+            avatar = (await resp.json())["id"]
+    body = largest_avatar_text()
+    statuses: dict[str, int] = {}
+    prober = await probe_in_another_process(url, seconds)
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        async with aiohttp.ClientSession() as http:
+            while time.perf_counter() < deadline:
+                async with http.put(f"{url}/api/avatars/{avatar}", json=body, headers=headers) as resp:
+                    await resp.read()
+                    statuses[str(resp.status)] = statuses.get(str(resp.status), 0) + 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return await collect(prober), statuses
+
+
 async def main(seconds: float) -> None:
     async with own_database("bench_hostile") as settings:
         async with server_process(settings) as url:
             samples, statuses = await bodies_scenario(url, seconds=seconds)
             print(f"/health while 20 clients send max-size bodies ({seconds:.0f} s): {summary(samples)}")
             print("  bodies answered:", dict(sorted(statuses.items())))
+        async with server_process(settings, RATE_LIMIT_ENABLED="false") as url:
+            samples, statuses = await screening_scenario(url, settings.sqlalchemy_url, seconds=seconds)
+            print(f"/health while 12 clients update an avatar with ~11 KB of text ({seconds:.0f} s): "
+                  f"{summary(samples)}; answered {statuses}")
         for threads in ("6", "0"):
             label = "6 threads (before: asyncio.to_thread's pool)" if threads == "6" else "cores - 1 (now)"
             async with server_process(settings, BCRYPT_ROUNDS="12", PASSWORD_HASH_THREADS=threads) as url:

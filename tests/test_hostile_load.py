@@ -13,7 +13,7 @@ import os
 import pytest
 
 from bench.harness import summary
-from bench.hostile_load import bodies_scenario, logins_scenario
+from bench.hostile_load import bodies_scenario, logins_scenario, screening_scenario
 from tests.support.processes import ServerProcess
 
 
@@ -32,6 +32,16 @@ async def test_health_stays_quick_while_20_clients_send_maximum_size_bodies(sett
     answered = {key.rsplit(" ", 1)[1] for key in statuses}
     assert answered <= {"400", "413", "closed"}, statuses  # refused, never a 500
     assert any(key.endswith(" 413") or key.endswith(" closed") for key in statuses)
+
+
+@pytest.mark.slow
+async def test_health_stays_quick_while_12_clients_send_the_longest_avatar_texts(settings) -> None:
+    async with ServerProcess(settings, rate_limit_enabled=False, log_level="WARNING") as server:
+        samples, statuses = await screening_scenario(server.url, settings.sqlalchemy_url, seconds=6)
+    print(f"/health under avatar screening: {summary(samples)}; {statuses}")
+    assert len(samples) > 50 and sum(statuses.values()) > 12
+    assert set(statuses) <= {"200", "409"}, statuses  # screened and applied, or the avatar still busy
+    assert _p99(samples) < 250 and max(samples) < 1000, summary(samples)
 
 
 @pytest.mark.slow

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from server.adapters.ai.base import ProviderError
@@ -20,6 +23,9 @@ UserId = uuid.UUID | str | None
 # Profile parts that become prompts must read as adults on their own; the backstory may
 # mention a childhood, so it is judged as a prompt would be.
 PROFILE_STRICT = ("identity", "physical_traits", "style", "personality")
+# The rules cost ~5 ms per KB: longer texts are judged on one thread of their own, so a burst
+# of maximum-size avatars queues there instead of holding the event loop (~110 ms each).
+INLINE_CHARS = 2_000
 ALLOWED_FOR_SECONDS = 120.0  # a request screened before its transaction is not sent twice
 ALLOWED_KEPT = 10_000
 
@@ -52,6 +58,7 @@ class Moderator:
         self.classifier = classifier
         self.policy = policy or load_policy()
         self._allowed: dict[bytes, float] = {}  # digest of (context, texts) -> until when
+        self._rules_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-rules")
 
     def _remembered(self, digest: bytes) -> bool:
         until = self._allowed.get(digest)
@@ -67,10 +74,15 @@ class Moderator:
 
     async def aclose(self) -> None:
         await self.classifier.aclose()
+        self._rules_thread.shutdown(wait=False, cancel_futures=True)
 
     async def screen(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
         """Rules, then the classifier: 422 on a refusal, 503 if the classifier cannot answer."""
-        screen(user_id=user_id, context=context, fields=fields, policy=self.policy)
+        rules = partial(screen, user_id=user_id, context=context, fields=fields, policy=self.policy)
+        if len(flatten(dict(fields))) > INLINE_CHARS:
+            await asyncio.get_running_loop().run_in_executor(self._rules_thread, rules)
+        else:
+            rules()
         await self._classify(user_id=user_id, context=context, fields=fields)
 
     async def _classify(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
