@@ -28,7 +28,7 @@ def test_the_set_is_big_and_varied(cases) -> None:
     assert len(cases) >= 300
     assert {c["expect"] for c in cases} == {"allowed", *CATEGORIES}
     assert {c["kind"] for c in cases} >= {"plain", "obfuscated", "multilingual", "allowed", "hard_allowed"}
-    assert {c["lang"] for c in cases} == {"en", "es", "pt", "fr", "de", "ru"}
+    assert {c["lang"] for c in cases} >= {"en", "es", "pt", "fr", "de", "ru"}
     assert {c["context"] for c in cases} == {"prompt", "avatar"}
     texts = {c["text"] for c in cases}
     assert {text for text, _ in ISSUE_EXAMPLES} <= texts

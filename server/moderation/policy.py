@@ -29,16 +29,24 @@ _MASKED = re.compile(r"[^\W_]*(?:[*#][^\W_]*)+")
 _TENS = re.compile(r"(?<!\d)([2-9]0)(?:\s*-\s*|\s+)(?:(?:and|y|e|et)\s+)?([1-9])(?!\d)")
 _TEENS_FR = re.compile(r"(?<!\d)10(?:\s*-\s*|\s+)([7-9])(?!\d)")  # dix-sept, dix-huit, dix-neuf
 _APOSTROPHES = str.maketrans("", "", "'’`´")
+_LOOKALIKE_DIGITS = re.compile(r"(?<![^\W_])(?=[oli]*\d)(?=\d*[oli])[\doli]{2,3}(?![^\W_])")
+_AS_DIGITS = str.maketrans("oli", "011")
 
 _N = r"(\d{1,3})"
-_END = r"(?=\s*(?:$|[.,;:!?)\]]|and\b|y\b|e\b|et\b|und\b|и\b|years?\b|yrs?\b|yo\b|anos\b|ans\b|jahre\b|лет\b|года?\b))"
+_END = (r"(?=\s*(?:$|[.,;:!?)\]]|and\b|y\b|e\b|et\b|und\b|и\b|years?\b|yrs?\b|yo\b|anos\b|ans\b|jahre\b|лет\b|года?\b"
+        r"|today\b|now\b|tonight\b|hoy\b|hoje\b|heute\b|сегодня\b))")
+# Someone named, then a bare number: "girl, 16", "girl (16)", "boy 15." (a unit after it is not an age)
+_PERSON = (r"(?:girls?|boys?|teens?|models?|woman|women|man|men|lady|ladies|guy|student|she|he|chick|babe|kid|child"
+           r"|nina|nino|chica|chico|menina|menino|fille|garcon|madchen|junge|девушка|девочка|мальчик)")
 _AGE = re.compile("|".join([
     # 15 years old, 15-year-old, 15yo, 15 y/o, 15 yrs old, 15 years of age, 15 years young
     rf"(?<![\d.,]){_N}\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*(?:old|of\s+age|young)",
     rf"(?<![\d.,]){_N}\s*(?:yo|y\s*/\s*o|y\s*\.\s*o)(?![^\W_])",
+    rf"(?<![\d.,]){_N}\s*-?\s*(?:yrs?|yr){_END}",
+    rf"(?<![^\W_]){_PERSON}\s*[,:=(\[-]?\s*{_N}\s*[)\]]?{_END}",
     rf"(?<![\d.,]){_N}\s*(?:months?|mos?|weeks?)\s*-?\s*old",
     # aged 15, age 15, age: 15, age of 15, edad de 15, idade 15, alter 15, возраст 15
-    rf"(?<![^\W_])(?:aged?|age\s+of|edad(?:\s+de)?|idade(?:\s+de)?|alter(?:\s+von)?|возраст\w*)\s*:?\s*{_N}(?!\s*(?:%|cm|mm|kg|\d))",
+    rf"(?<![^\W_])(?:aged?|age\s+of|edad(?:\s+de)?|idade(?:\s+de)?|alter(?:\s+von)?|возраст\w*)\s*[:=]?\s*{_N}(?!\s*(?:%|cm|mm|kg|\d))",
     # she is 15, she's 15, im 15, tiene 15, tem 15, ist 15, ей 15 (a sentence or an age unit follows)
     rf"(?<![^\W_])(?:(?:she|he|i|who|girl|boy)\s+(?:just\s+|only\s+)?(?:is|was|am|turned|turns)|shes|hes|im|tiene|tenia|tem|tinha|ist|war|ей|ему|мне)\s+(?:only\s+|just\s+|barely\s+|erst\s+|solo\s+|so\s+|всего\s+)?{_N}{_END}",
     # looks 15, looks like a 15, parece de 15, sieht aus wie 15, выглядит на 15
@@ -169,7 +177,8 @@ class _Index:
 
     def add_fragment(self, fragment: str, group: str) -> None:
         key = term_key(fragment).replace(" ", "")
-        if len(key) >= 4:
+        # Han and kana words are written without spaces and run two or three signs long.
+        if len(key) >= 4 or (len(key) >= 2 and all(ch >= "\u2e80" for ch in key)):
             self.fragments.setdefault(key, []).append(_Entry(group, key, None))
 
     def seal(self) -> None:
@@ -378,6 +387,7 @@ class ContentPolicy:
         text = " ".join(plain_text.translate(_APOSTROPHES).split())
         if not self.number_words.keys().isdisjoint(_LETTERS.findall(text)):
             text = _LETTERS.sub(lambda m: str(self.number_words.get(m.group(), m.group())), text)
+        text = _LOOKALIKE_DIGITS.sub(lambda m: m.group().translate(_AS_DIGITS), text)
         text = _TENS.sub(lambda m: str(int(m.group(1)) + int(m.group(2))), text)
         return _TEENS_FR.sub(lambda m: str(10 + int(m.group(1))), text)
 
@@ -523,7 +533,8 @@ def flatten(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, Mapping):
-        return " . ".join(f"{k} {flatten(v)}" for k, v in value.items())
+        # A yes/no trait reads as its name alone: "she is 12": true must not hide the age.
+        return " . ".join(str(k) if isinstance(v, bool) else f"{k} {flatten(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple, set)):
         return " . ".join(flatten(v) for v in value)
     return str(value)
