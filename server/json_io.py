@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from pydantic import BaseModel, ValidationError
 
 from server.errors import PayloadTooLarge, UnsupportedMediaType, ValidationFailed, field_errors
@@ -60,15 +62,13 @@ def _too_large(limit: int) -> str:
     return f"The request body is larger than this endpoint's limit of {limit // 1024} KB"
 
 
-async def read_json(request: web.Request, *, limit: int, required: bool = False) -> Any:
-    """The request body as JSON, read up to `limit` bytes; an empty body is an empty object,
-    or a 400 when the route requires one."""
-    require_json_media_type(request)
+async def read_body(request: web.Request, *, limit: int) -> bytes:
+    """The request body, decompressed, read up to `limit` bytes (413 past it, 400 if it does not decompress)."""
     refuse_oversized(request, limit=limit)
     chunks: list[bytes] = []
     size = 0
     try:
-        # Chunked bodies announce no length: stop reading as soon as one passes the limit.
+        # Chunked or compressed bodies announce no true length: stop as soon as one passes the limit.
         async for chunk in request.content.iter_any():
             size += len(chunk)
             if size > limit:
@@ -76,7 +76,17 @@ async def read_json(request: web.Request, *, limit: int, required: bool = False)
             chunks.append(chunk)
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(_too_large(limit)) from exc
-    raw = b"".join(chunks)
+    except (HttpProcessingError, RequestPayloadError) as exc:  # its Content-Encoding does not match its bytes
+        raise ValidationFailed("The request body could not be decoded",
+                               details=[{"field": "body", "message": "does not match its Content-Encoding"}]) from exc
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, *, limit: int, required: bool = False) -> Any:
+    """The request body as JSON, read up to `limit` bytes; an empty body is an empty object,
+    or a 400 when the route requires one."""
+    require_json_media_type(request)
+    raw = await read_body(request, limit=limit)
     if not raw.strip():
         if required:
             raise ValidationFailed("This endpoint needs a JSON body",

@@ -8,6 +8,8 @@ import sys
 import time
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -52,3 +54,21 @@ def configure(level: str = "INFO", *, json: bool = True) -> None:
     root.setLevel(level.upper())
     for noisy in ("aiohttp.access", "engineio.server", "socketio.server", "botocore", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
+
+
+class MalformedRequestFilter(logging.Filter):
+    """A request aiohttp's parser refused (bad framing, an unknown Content-Encoding, a header
+    too long) is the client's error: one warning line naming the error, not a traceback that
+    repeats the offending bytes (a bearer token's start) at ERROR level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, (HttpProcessingError, RequestPayloadError)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request refused (%s, status %s)", (
+                type(error).__name__, error.code)
+            record.exc_info = record.exc_text = None
+        return True

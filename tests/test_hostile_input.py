@@ -372,3 +372,45 @@ async def test_every_dev_log_line_carries_the_request_id_the_500_too(settings) -
     mine = [line for line in lines if "about to fail" in line or "unhandled error" in line]
     assert len(mine) == 2, lines
     assert all("[req-0123456789]" in line for line in mine), mine
+
+
+async def test_requests_the_http_parser_refuses_are_a_400_and_a_one_line_warning(app_server, caplog) -> None:
+    from server.logs import MalformedRequestFilter
+
+    port = app_server.port
+    head = "POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    requests = [
+        head + "Content-Encoding: br\r\nContent-Length: 4\r\n\r\nabcd",
+        head + "Content-Encoding: zstd\r\nContent-Length: 4\r\n\r\nabcd",
+        head + "Content-Length: -1\r\n\r\n",
+        head + "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        head + "Authorization: Bearer secret-token-" + "x" * 20_000 + "\r\nContent-Length: 2\r\n\r\n{}",
+    ]
+    server_log = logging.getLogger("aiohttp.server")
+    only_ours = MalformedRequestFilter()
+    server_log.addFilter(only_ours)
+    caplog.set_level(logging.INFO)
+    try:
+        for raw in requests:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw.encode())
+            status_line = (await asyncio.wait_for(reader.readline(), 5)).decode()
+            writer.close()
+            assert status_line.split()[1] in ("400", "413", "431"), (raw[:120], status_line)
+    finally:
+        server_log.removeFilter(only_ours)
+    logged = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert logged and all(r.levelno == logging.WARNING and not r.exc_info for r in logged), logged
+    assert not any("secret-token" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_body_that_does_not_decompress_is_a_400(api) -> None:
+    sends = [("/api/auth/login", "gzip", {}), ("/api/auth/login", "deflate", {}),
+             ("/api/subscriptions/webhook", "gzip", {"Stripe-Signature": "t=1,v1=00"})]
+    for path, encoding, extra in sends:
+        # A fresh connection each: the server closes one whose body it could not read to the end.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.post(api.base_url + path, data=b"not compressed at all", headers={
+                    "Content-Type": "application/json", "Content-Encoding": encoding, **extra}) as resp:
+                body = await resp.json()
+        assert resp.status == 400 and body["error"] == "validation_error", (path, encoding, body)

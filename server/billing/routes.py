@@ -19,7 +19,8 @@ from server.billing.schemas import (
     SubscriptionPage,
     WebhookOut,
 )
-from server.routing import Routes
+from server.json_io import read_body
+from server.routing import RAW_MAX_BODY, Routes
 from server.schemas import PageQuery
 
 routes = Routes(tags=("subscriptions",))
@@ -102,7 +103,7 @@ async def reactivate(request: web.Request, user: CurrentUser,
              raw_body=True)
 async def stripe_webhook(request: web.Request, session: AsyncSession) -> dict:
     """Stripe events (Stripe-Signature required); each event id is applied once."""
-    payload = await request.read()
+    payload = await read_body(request, limit=RAW_MAX_BODY)
     return await webhooks.receive(session, payload=payload,
                                   signature=request.headers.get("Stripe-Signature"),
                                   settings=request.app[keys.resources].settings,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -36,11 +37,22 @@ MALFORMED = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
 RELATED_RETRIES = 20  # parked events of one customer retried right after one of its events applies
 
 
+_last_unconfigured_warning = [0.0]
+
+
+def _warn_unconfigured() -> None:
+    # Anyone can post here: an operator needs to hear of it, not once per request.
+    now = time.monotonic()
+    if now - _last_unconfigured_warning[0] >= 60 or not _last_unconfigured_warning[0]:
+        _last_unconfigured_warning[0] = now
+        log.error("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set (said at most once a minute)")
+
+
 def verified_event(payload: bytes, signature: str | None, settings: Settings) -> dict[str, Any]:
     """The event, if `signature` is Stripe's for this exact body and recent enough."""
     secret = settings.stripe_webhook_secret.get_secret_value() if settings.stripe_webhook_secret else None
     if not secret:
-        log.error("a Stripe webhook arrived but STRIPE_WEBHOOK_SECRET is not set")
+        _warn_unconfigured()
         raise InvalidSignature("Stripe webhooks are not configured on this server")
     import stripe  # ~30 MB and 0.3 s: loaded on first use, never under local billing
 

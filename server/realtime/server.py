@@ -26,6 +26,7 @@ from server.errors import (
     RateLimited,
     TokenExpired,
     Unauthorized,
+    ValidationFailed,
 )
 from server.json_io import parse
 from server.realtime import outbox
@@ -35,7 +36,7 @@ from server.realtime.feeds import Feeds
 from server.realtime.manager import UserRoomManager
 from server.realtime.publisher import user_room
 from server.realtime.revocations import listen_for_revocations
-from server.realtime.socket_server import RealtimeServer, after_reply
+from server.realtime.socket_server import INVALID_EVENT, RealtimeServer, after_reply
 from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
@@ -234,6 +235,10 @@ class Realtime:
         conn = self.connections.get(sid)
         if conn is not None and not self._within_rate(sid, conn):
             return _failure(RateLimited("Too many events on this connection"))
+        if event == INVALID_EVENT:
+            return _failure(ValidationFailed(
+                "A frame is [event name, argument] in JSON, without binary attachments",
+                details=[{"field": "frame", "message": "not an event this server takes"}]))
         return _failure(NotFound(f"Unknown event {event!r}"))
 
     def _within_rate(self, sid: str, conn: Connection) -> bool:

@@ -58,7 +58,11 @@ class RealtimeServer(socketio.AsyncServer):
         # No API.md event carries binary data: attachments would pile up unbounded until the
         # packet that announced them is complete.
         if isinstance(data, bytes) or (isinstance(data, str) and data[:1] in ("5", "6")):
-            await self._handle_event(eio_sid, "/", None, [INVALID_EVENT])
+            ack_id = None
+            if isinstance(data, str) and data[:1] == "5":  # a binary event may still ask for its answer
+                with contextlib.suppress(ValueError):
+                    ack_id = self.packet_class(encoded_packet=data).id
+            await self._handle_event(eio_sid, "/", ack_id, [INVALID_EVENT])
             return
         try:
             await super()._handle_eio_message(eio_sid, data)
