@@ -29,3 +29,15 @@ class ClientAddress:
         except ValueError:
             return False
         return any(ip in net for net in self.trusted)
+
+
+def limit_key(address: str) -> str:
+    """What rate limits count by: the address, or for IPv6 its /64 (one subscriber's block:
+    rotating through it must not buy fresh quota)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip)

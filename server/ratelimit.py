@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from redis.asyncio import Redis
 
-from server.client_address import ClientAddress
+from server.client_address import ClientAddress, limit_key
 from server.config import Settings
 from server.errors import RateLimited
 
@@ -117,5 +117,5 @@ class RateLimiter:
 
     async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> Verdict | None:
         """Count a request: per user where signed in (not for auth routes), else per client IP."""
-        identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{self.client_ip(request)}"
+        identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{limit_key(self.client_ip(request))}"
         return await self.hit(policy, identity)

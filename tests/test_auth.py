@@ -128,6 +128,11 @@ async def test_minors_and_duplicates_are_refused(api: Api) -> None:
         "email": f"kid-{uuid.uuid4().hex[:6]}@example.com", "password": "long enough pw",
         "date_of_birth": seventeen})
     assert minor.status == 400
+    for written_otherwise in (631152000, 631152000.0, True, ["1990", "01", "01"]):  # a Unix time is no date of birth
+        other = await api.post("/api/auth/register", json={
+            "email": f"num-{uuid.uuid4().hex[:6]}@example.com", "password": "long enough pw",
+            "date_of_birth": written_otherwise})
+        assert other.status == 400 and other.body["details"][0]["field"] == "date_of_birth", other
     user = await api.register()
     fresh = await api.post("/api/auth/register", json={
         "email": f"new-{uuid.uuid4().hex[:8]}@example.com", "password": "long enough pw",
@@ -399,6 +404,27 @@ async def test_reset_requests_by_others_cannot_lock_the_owner_out_nor_flood_an_i
         assert login.status == 200, login  # the owner's sign-in has its own count
         resend = [(await post("/api/auth/resend-verification", token=user.access_token)).status for _ in range(2)]
         assert resend == [202, 429], resend  # five emails a minute to one inbox, whoever asks
+    finally:
+        await api.close()
+        await server.close()
+
+
+async def test_addresses_of_one_ipv6_block_share_one_allowance(settings) -> None:
+    from server.client_address import limit_key
+    from server.config import Settings
+
+    assert limit_key("2001:db8:1:2:aaaa::1") == limit_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("::ffff:10.0.0.7") == limit_key("10.0.0.7") == "10.0.0.7"
+    limited = Settings(**{**settings.model_dump(), "rate_limit_auth": "2/minute", "trusted_proxies": ["127.0.0.1"],
+                          "jwt_secret": settings.jwt_secret, "db_password": settings.db_password})
+    server = await start_app(limited)
+    api = Api(str(server.make_url("")).rstrip("/"))
+    try:
+        statuses = [(await api.post("/api/auth/forgot-password", json={"email": f"v6-{i}@example.com"},
+                                    headers={"X-Forwarded-For": f"2001:db8:7:7::{i + 1:x}"})).status
+                    for i in range(3)]
+        assert statuses == [202, 202, 429], statuses
     finally:
         await api.close()
         await server.close()

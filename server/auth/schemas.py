@@ -43,6 +43,14 @@ class RegisterIn(EmailField):
     display_name: str | None = Field(None, min_length=1, max_length=100)
     date_of_birth: date
 
+    @field_validator("date_of_birth", mode="before")
+    @classmethod
+    def _written_as_a_date(cls, value: Any) -> Any:
+        # pydantic would read a number as a Unix time: only "YYYY-MM-DD" says what the user meant.
+        if not isinstance(value, str):
+            raise ValueError("must be a date written YYYY-MM-DD")
+        return value
+
     @field_validator("date_of_birth")
     @classmethod
     def _adult(cls, value: date) -> date:
