@@ -47,7 +47,7 @@ class RegisterIn(EmailField):
     @classmethod
     def _written_as_a_date(cls, value: Any) -> Any:
         # pydantic would read a number as a Unix time: only "YYYY-MM-DD" says what the user meant.
-        if not isinstance(value, str):
+        if not isinstance(value, (str, date)) or isinstance(value, datetime):
             raise ValueError("must be a date written YYYY-MM-DD")
         return value
 
