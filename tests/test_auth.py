@@ -11,7 +11,7 @@ import jwt
 import pytest
 
 from tests.conftest import start_app
-from tests.support.api import Api, emails_in, verify_token_from, wait_for_email
+from tests.support.api import Api, emails_in, verified_user, verify_token_from, wait_for_email
 from tests.support.smtp import SmtpServer
 from tests.support.workers import running_worker
 
@@ -231,12 +231,14 @@ async def test_profile_update_rules(api: Api, worker, settings) -> None:
     assert no_password.status == 400 and no_password.body["details"][0]["field"] == "current_password"
     moved = await api.put("/api/auth/profile", token=fresh, json={"email": new_email,
                                                                   "current_password": "another-pass"})
-    assert moved.status == 200
-    assert moved.body["user"]["email"] == new_email and moved.body["user"]["email_verified"] is False
+    assert moved.status == 200 and moved.body["pending_email"] == new_email
+    assert moved.body["user"]["email"] == user.email  # until the new address opens its link
     other = await api.register()
     taken = await api.put("/api/auth/profile", token=fresh, json={"email": other.email,
                                                                   "current_password": "another-pass"})
-    assert taken.status == 409
+    # The same answer as for a free address: whether it has an account is not told here.
+    assert taken.status == 200 and taken.body["pending_email"] == other.email
+    assert taken.body.keys() == moved.body.keys() and taken.body["user"] == moved.body["user"]
 
 
 async def test_logout_revokes_the_family(api: Api) -> None:
@@ -375,9 +377,12 @@ async def test_a_reset_link_sent_to_an_old_address_dies_with_the_email_change(ap
     await wait_for_email(settings.data_dir / "outbox", user.email, count=2)
     reset_mail = next(m for m in emails_in(settings.data_dir / "outbox", user.email)
                       if m["Subject"].startswith("Reset"))
+    new_email = f"new-{uuid.uuid4().hex[:8]}@example.com"
     moved = await api.put("/api/auth/profile", token=user.access_token, json={
-        "email": f"new-{uuid.uuid4().hex[:8]}@example.com", "current_password": user.password})
+        "email": new_email, "current_password": user.password})
     assert moved.status == 200
+    link = verify_token_from(await wait_for_email(settings.data_dir / "outbox", new_email))
+    assert (await api.get(f"/api/auth/verify-email/{link}")).status == 200  # the change happens here
     stale = await api.post("/api/auth/reset-password", json={"token": _reset_token(reset_mail),
                                                              "password": "attacker-password"})
     assert stale.status == 400 and stale.body["error"] == "invalid_token"
@@ -428,3 +433,27 @@ async def test_addresses_of_one_ipv6_block_share_one_allowance(settings) -> None
     finally:
         await api.close()
         await server.close()
+
+
+async def test_an_email_change_happens_when_the_new_address_opens_its_link(api: Api, worker, settings) -> None:
+    outbox = settings.data_dir / "outbox"
+    user = await verified_user(api, outbox)
+    other = await api.register()
+    new_email = f"moving-{uuid.uuid4().hex[:8]}@example.com"
+    for address in (other.email, new_email):
+        reply = await api.put("/api/auth/profile", token=user.access_token,
+                              json={"email": address, "current_password": user.password})
+        assert reply.status == 200 and reply.body["pending_email"] == address, reply
+    # The taken address hears that nothing changed; it gets no link.
+    await wait_for_email(outbox, other.email, count=2)  # its own verification email, and this one
+    [notice] = [m for m in emails_in(outbox, other.email) if m["Subject"] == "Your Lustify email address"]
+    assert "already has" in notice.get_payload(decode=True).decode()
+    assert "/verify-email/" not in notice.get_payload(decode=True).decode()
+    link = verify_token_from(await wait_for_email(outbox, new_email))
+    assert (await api.get("/api/auth/profile", token=user.access_token)).body["user"]["email"] == user.email
+    confirmed = await api.get(f"/api/auth/verify-email/{link}")
+    assert confirmed.status == 200, confirmed
+    assert confirmed.body["user"]["email"] == new_email and confirmed.body["user"]["email_verified"] is True
+    assert (await api.get(f"/api/auth/verify-email/{link}")).status == 400  # once
+    assert (await api.post("/api/auth/login", json={"email": new_email, "password": user.password})).status == 200
+    assert (await api.post("/api/auth/login", json={"email": user.email, "password": user.password})).status == 401

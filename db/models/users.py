@@ -84,6 +84,6 @@ class AuthToken(Base):
     created_at: Mapped[datetime] = created_at()
 
     __table_args__ = (
-        CheckConstraint("purpose IN ('verify_email', 'reset_password')", name="purpose"),
+        CheckConstraint("purpose IN ('verify_email', 'reset_password', 'change_email')", name="purpose"),
         Index("ix_auth_tokens_user_id_purpose", "user_id", "purpose"),
     )

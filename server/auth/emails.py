@@ -53,3 +53,21 @@ def no_account(settings: Settings, *, to: str) -> Message:
              "but no account uses it. If it was you, you may have signed up with another address.",
              "", "If it was not you, ignore this email."]
     return Message(to, "Reset your Lustify password", "\n".join(lines) + "\n")
+
+
+def confirm_email_change(settings: Settings, *, to: str, token: str) -> Message:
+    """To the new address of an email change: the change happens when this link is opened."""
+    api = f"{settings.base_url}/api/auth/verify-email/{quote(token)}"
+    lines = ["Someone asked to move their Lustify account to this email address.", "",
+             "To confirm, open this link (valid for 24 hours, usable once):",
+             f"{settings.studio_url}/verify-email#token={quote(token)}", "",
+             "Or call the API directly:", api, "", "If it was not you, ignore this email; nothing changes."]
+    return Message(to, "Confirm your new Lustify email address", "\n".join(lines) + "\n")
+
+
+def email_change_taken(settings: Settings, *, to: str) -> Message:
+    """To an address that already has an account, named as the new address of another one."""
+    lines = ["Someone asked to move a Lustify account to this email address, but it already has",
+             "an account of its own, so nothing changed.", "",
+             "If it was you, sign in with this address instead. If it was not, ignore this email."]
+    return Message(to, "Your Lustify email address", "\n".join(lines) + "\n")

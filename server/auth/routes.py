@@ -82,9 +82,9 @@ async def logout(request: web.Request, session: AsyncSession, user: CurrentUser,
 
 
 @routes.get("/api/auth/verify-email/{token}", response=UserOnlyOut, auth=False, rate_limit="auth",
-            errors=(400,))
+            errors=(400, 409))
 async def verify_email(request: web.Request, session: AsyncSession) -> dict:
-    """Confirm the email address from the link in the verification email."""
+    """Confirm the email address (or an email change) from the link sent to it."""
     user = await service.verify_email(session, token=request.match_info["token"])
     return {"user": user}
 

@@ -139,6 +139,9 @@ class ProfileOut(Output):
 class ProfileUpdateOut(Output):
     user: UserOut
     tokens: TokensOut | None = None
+    # An email change waits for the link sent to the new address (the same answer whether or
+    # not that address already has an account: no enumeration).
+    pending_email: str | None = None
 
 
 class AcceptedOut(Output):

@@ -271,8 +271,13 @@ async def logout(
 
 
 async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
-    """Mark the address verified; the link works once and only for the address it was sent to."""
-    record = await _consume_email_token(session, token=token, purpose="verify_email")
+    """Mark the address verified (or move the account to it, for an email change); the link
+    works once and only for the address it was sent to."""
+    try:
+        record = await _consume_email_token(session, token=token, purpose="verify_email")
+    except InvalidToken:
+        record = await _consume_email_token(session, token=token, purpose="change_email")
+        return await _move_to(session, record)
     user = await session.get(User, record.user_id, with_for_update=True)
     if user is None or user.email != record.email:
         raise InvalidToken()
@@ -281,6 +286,32 @@ async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
         user.email_verified_at = _now()
         await activity.record(session, user_id=user.id, type="account.verified",
                               message="Your email address is verified")
+    await session.flush()
+    return await _user_row(session, user.id)
+
+
+async def _move_to(session: AsyncSession, record: AuthToken) -> dict[str, Any]:
+    """An email change confirmed from the new address: it is the account's, and verified."""
+    user = await session.get(User, record.user_id, with_for_update=True)
+    if user is None:
+        raise InvalidToken()
+    taken = (await session.execute(select(func.count()).select_from(User).where(
+        User.email == record.email, User.id != user.id))).scalar_one()
+    if taken:  # another account took the address since the link was sent
+        raise Conflict("An account with this email already exists",
+                       details=[{"field": "email", "message": "already registered"}])
+    user.email = record.email
+    user.email_verified = True
+    user.email_verified_at = _now()
+    # Links mailed to the old address must not work for the new one.
+    await session.execute(
+        update(AuthToken)
+        .where(AuthToken.user_id == user.id, AuthToken.purpose.in_(("reset_password", "verify_email")),
+               AuthToken.used_at.is_(None))
+        .values(used_at=_now())
+    )
+    await activity.record(session, user_id=user.id, type="account.email_changed",
+                          message="Your email address changed")
     await session.flush()
     return await _user_row(session, user.id)
 
@@ -386,24 +417,17 @@ async def update_profile(
     if "timezone" in data.model_fields_set:
         user.timezone = data.timezone
     if email_change:
+        assert data.email is not None
+        # Nothing changes until the new address opens its link; the answer is the same whether
+        # or not the address has an account (only its inbox learns which).
         taken = (await session.execute(select(func.count()).select_from(User).where(User.email == data.email))).scalar_one()
         if taken:
-            raise Conflict("An account with this email already exists",
-                           details=[{"field": "email", "message": "already registered"}])
-        user.email = data.email
-        user.email_verified = False
-        user.email_verified_at = None
-        # Links mailed to the old address must not work for the new one.
-        await session.execute(
-            update(AuthToken)
-            .where(AuthToken.user_id == user.id, AuthToken.purpose == "reset_password", AuthToken.used_at.is_(None))
-            .values(used_at=_now())
-        )
-        token = await _issue_email_token(session, user_id=user.id, email=data.email,
-                                         purpose="verify_email", ttl=VERIFY_TTL)
-        _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
-        await activity.record(session, user_id=user.id, type="account.email_changed",
-                              message="Your email address changed; please verify it")
+            _send_later(session, queue, emails.email_change_taken(settings, to=data.email))
+        else:
+            token = await _issue_email_token(session, user_id=user.id, email=data.email,
+                                             purpose="change_email", ttl=VERIFY_TTL)
+            _send_later(session, queue, emails.confirm_email_change(settings, to=data.email, token=token))
+        result["pending_email"] = data.email
     await session.flush()
     if data.new_password is not None:
         fresh = await _start_session(session, user_id=user.id, token_version=user.token_version,
