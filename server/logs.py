@@ -69,6 +69,6 @@ class MalformedRequestFilter(logging.Filter):
         if isinstance(error, (HttpProcessingError, RequestPayloadError)):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args = "malformed HTTP request refused (%s, status %s)", (
-                type(error).__name__, error.code)
+                type(error).__name__, getattr(error, "code", 400))
             record.exc_info = record.exc_text = None
         return True

@@ -18,6 +18,9 @@ Password = Annotated[str, StringConstraints(strip_whitespace=False, min_length=8
 AnyPassword = Annotated[str, StringConstraints(strip_whitespace=False, min_length=1, max_length=1024)]
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def normalize_email(value: str) -> str:
     value = value.strip().lower()
     if len(value) > 254 or not _EMAIL.match(value):
@@ -47,7 +50,8 @@ class RegisterIn(EmailField):
     @classmethod
     def _written_as_a_date(cls, value: Any) -> Any:
         # pydantic would read a number as a Unix time: only "YYYY-MM-DD" says what the user meant.
-        if not isinstance(value, (str, date)) or isinstance(value, datetime):
+        if isinstance(value, datetime) or not (
+                isinstance(value, date) or (isinstance(value, str) and _ISO_DATE.fullmatch(value))):
             raise ValueError("must be a date written YYYY-MM-DD")
         return value
 

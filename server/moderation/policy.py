@@ -35,15 +35,18 @@ _AS_DIGITS = str.maketrans("oli", "011")
 _N = r"(\d{1,3})"
 _END = (r"(?=\s*(?:$|[.,;:!?)\]]|and\b|y\b|e\b|et\b|und\b|и\b|years?\b|yrs?\b|yo\b|anos\b|ans\b|jahre\b|лет\b|года?\b"
         r"|today\b|now\b|tonight\b|hoy\b|hoje\b|heute\b|сегодня\b))")
-# Someone named, then a bare number: "girl, 16", "girl (16)", "boy 15." (a unit after it is not an age)
-_PERSON = (r"(?:girls?|boys?|teens?|models?|woman|women|man|men|lady|ladies|guy|student|she|he|chick|babe|kid|child"
+# Someone named, then a bare number and nothing more: "girl, 16", "girl (16)", "boy 15." In
+# sexual wording only, and not a numbered label ("guy 1, guy 2", "woman 1 and woman 2").
+_PERSON = (r"(girls?|boys?|teens?|woman|women|man|men|lady|ladies|guy|student|she|he|chick|babe|kid|child"
            r"|nina|nino|chica|chico|menina|menino|fille|garcon|madchen|junge|девушка|девочка|мальчик)")
+_PERSON_AGE = re.compile(
+    rf"(?<![^\W_]){_PERSON}\s*[,:=(\[-]?\s*{_N}\s*[)\]]?"
+    r"(?=\s*(?:$|[.,;:!?)\]]|today\b|now\b|tonight\b|hoy\b|hoje\b|heute\b|сегодня\b))")
 _AGE = re.compile("|".join([
     # 15 years old, 15-year-old, 15yo, 15 y/o, 15 yrs old, 15 years of age, 15 years young
     rf"(?<![\d.,]){_N}\s*-?\s*(?:years?|yrs?|yr)\s*-?\s*(?:old|of\s+age|young)",
     rf"(?<![\d.,]){_N}\s*(?:yo|y\s*/\s*o|y\s*\.\s*o)(?![^\W_])",
     rf"(?<![\d.,]){_N}\s*-?\s*(?:yrs?|yr){_END}",
-    rf"(?<![^\W_]){_PERSON}\s*[,:=(\[-]?\s*{_N}\s*[)\]]?{_END}",
     rf"(?<![\d.,]){_N}\s*(?:months?|mos?|weeks?)\s*-?\s*old",
     # aged 15, age 15, age: 15, age of 15, edad de 15, idade 15, alter 15, возраст 15
     rf"(?<![^\W_])(?:aged?|age\s+of|edad(?:\s+de)?|idade(?:\s+de)?|alter(?:\s+von)?|возраст\w*)\s*[:=]?\s*{_N}(?!\s*(?:%|cm|mm|kg|\d))",
@@ -391,6 +394,18 @@ class ContentPolicy:
         text = _TENS.sub(lambda m: str(int(m.group(1)) + int(m.group(2))), text)
         return _TEENS_FR.sub(lambda m: str(10 + int(m.group(1))), text)
 
+    def minor_age_loosely(self, plain_text: str) -> bool:
+        """A bare number after someone, read as their age (sexual wording only: "girl, 16")."""
+        text = self._numerals(plain_text)
+        for match in _PERSON_AGE.finditer(text):
+            if int(match.group(2)) >= self.min_age:
+                continue
+            label = re.compile(rf"(?<![^\W_]){re.escape(match.group(1))}\s*[,:=(\[-]?\s*\d")
+            if any(other.start() != match.start() for other in label.finditer(text)):
+                continue  # "guy 1, guy 2": numbered, not aged
+            return True
+        return False
+
     def minor_age(self, plain_text: str, *, today: date | None = None) -> bool:
         """A stated age, or a birth date, that makes someone younger than min_age."""
         readings = {self._numerals(plain_text), self._numerals(unmask(plain_text))}
@@ -448,6 +463,8 @@ class ContentPolicy:
     def _breaks(self, rule: _Rule, found: Hits, plain_text: str) -> bool:
         if rule.id in found.places:
             return True
+        if rule.detector == "minor_age_loosely":
+            return self.minor_age_loosely(plain_text)
         if rule.detector == "minor_age":
             return self.minor_age(plain_text)
         if rule.detector == "school_grade":

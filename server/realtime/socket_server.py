@@ -24,7 +24,7 @@ Hook = Callable[[], Awaitable[None]]
 # under this name: answered, counted against the socket's event limit, nothing else.
 INVALID_EVENT = "<invalid frame>"
 RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "disconnecting",
-                             "newListener", "removeListener"})
+                             "newListener", "removeListener", "*"})  # "*" would call the catch-all unnamed
 _after_reply: ContextVar[list[Hook] | None] = ContextVar("after_reply", default=None)
 
 
