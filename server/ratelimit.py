@@ -111,11 +111,21 @@ class RateLimiter:
         each action apart, so others asking for resets cannot lock the owner out of signing in."""
         return await self.hit("auth", f"email:{action}:{email}")
 
-    async def hit_mailbox(self, email: str) -> Verdict | None:
-        """Count an email we are asked to send to this address: nobody can make us flood an inbox."""
-        return await self.hit("mail", f"to:{email}")
+    async def mailbox_allows(self, email: str, *, asked_by: str) -> bool:
+        """Whether to send one more email to this address on this requester's behalf; past the
+        limit the request still succeeds and the email is skipped, so nobody can flood an inbox,
+        nor lock its owner out of their own emails by asking first (each requester counts apart)."""
+        try:
+            await self.hit("mail", f"to:{email}:by:{asked_by}")
+        except RateLimited:
+            return False
+        return True
+
+    def requester(self, request: web.Request, *, user_id: object = None) -> str:
+        """Who is asking, as rate limits count them: the signed-in user, else the client's address block."""
+        return f"user:{user_id}" if user_id else f"ip:{limit_key(self.client_ip(request))}"
 
     async def hit_request(self, request: web.Request, policy: str, *, user_id: object = None) -> Verdict | None:
         """Count a request: per user where signed in (not for auth routes), else per client IP."""
-        identity = f"user:{user_id}" if user_id and policy != "auth" else f"ip:{limit_key(self.client_ip(request))}"
+        identity = self.requester(request, user_id=user_id if policy != "auth" else None)
         return await self.hit(policy, identity)

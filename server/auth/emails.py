@@ -71,3 +71,11 @@ def email_change_taken(settings: Settings, *, to: str) -> Message:
              "an account of its own, so nothing changed.", "",
              "If it was you, sign in with this address instead. If it was not, ignore this email."]
     return Message(to, "Your Lustify email address", "\n".join(lines) + "\n")
+
+
+def email_changed(settings: Settings, *, to: str, new_email: str) -> Message:
+    """To the old address once the account has moved (its owner hears of a move they did not ask for)."""
+    lines = [f"The email address of your Lustify account is now {new_email}.",
+             "This address no longer signs in to it.", "",
+             "If you did not ask for this, reply to this email at once so we can restore your account."]
+    return Message(to, "Your Lustify email address changed", "\n".join(lines) + "\n")

@@ -34,20 +34,23 @@ def _meta(request: web.Request) -> dict[str, str | None]:
             "ip": limiter.client_ip(request)[:64]}
 
 
-async def _limit_email(request: web.Request, email: str, action: str, *, mails: bool = False) -> None:
+async def _limit_email(request: web.Request, email: str, action: str) -> None:
+    await request.app[keys.resources].rate_limiter.hit_account(email, action)
+
+
+async def _may_mail(request: web.Request, email: str, *, user_id: object = None) -> bool:
     limiter = request.app[keys.resources].rate_limiter
-    await limiter.hit_account(email, action)
-    if mails:
-        await limiter.hit_mailbox(email)
+    return await limiter.mailbox_allows(email, asked_by=limiter.requester(request, user_id=user_id))
 
 
 @routes.post("/api/auth/register", body=RegisterIn, response=AcceptedOut, status=202, auth=False,
              rate_limit="auth", max_body=AUTH_MAX_BODY)
 async def register(request: web.Request, body: RegisterIn) -> dict:
     """Create an account (18+) and email a verification link; the same answer for a known email."""
-    await _limit_email(request, body.email, "register", mails=True)
+    await _limit_email(request, body.email, "register")
     res = request.app[keys.resources]
-    await service.register(res.sessionmaker, data=body, settings=res.settings, queue=res.queue)
+    await service.register(res.sessionmaker, data=body, settings=res.settings, queue=res.queue,
+                           notify=await _may_mail(request, body.email))
     return {"status": "accepted",
             "message": "Check your inbox: we sent a verification link, then sign in"}
 
@@ -85,7 +88,9 @@ async def logout(request: web.Request, session: AsyncSession, user: CurrentUser,
             errors=(400, 409))
 async def verify_email(request: web.Request, session: AsyncSession) -> dict:
     """Confirm the email address (or an email change) from the link sent to it."""
-    user = await service.verify_email(session, token=request.match_info["token"])
+    res = request.app[keys.resources]
+    user = await service.verify_email(session, token=request.match_info["token"], settings=res.settings,
+                                      queue=res.queue)
     return {"user": user}
 
 
@@ -94,8 +99,8 @@ async def verify_email(request: web.Request, session: AsyncSession) -> dict:
 async def resend_verification(request: web.Request, session: AsyncSession, user: CurrentUser) -> dict:
     """Send a new verification email."""
     res = request.app[keys.resources]
-    await res.rate_limiter.hit_mailbox(user.email)
-    await service.resend_verification(session, user_id=user.id, settings=res.settings, queue=res.queue)
+    if await _may_mail(request, user.email, user_id=user.id):
+        await service.resend_verification(session, user_id=user.id, settings=res.settings, queue=res.queue)
     return {"status": "accepted", "message": "If the address is unverified, a new email is on its way"}
 
 
@@ -103,8 +108,9 @@ async def resend_verification(request: web.Request, session: AsyncSession, user:
              auth=False, rate_limit="auth", max_body=AUTH_MAX_BODY)
 async def forgot_password(request: web.Request, body: ForgotPasswordIn) -> dict:
     """Email a password reset link (202 whether or not the account exists)."""
-    await _limit_email(request, body.email, "reset", mails=True)
-    await service.forgot_password(email=body.email, queue=request.app[keys.resources].queue)
+    await _limit_email(request, body.email, "reset")
+    if await _may_mail(request, body.email):
+        await service.forgot_password(email=body.email, queue=request.app[keys.resources].queue)
     return {"status": "accepted", "message": "If an account exists for this email, a reset link is on its way"}
 
 
@@ -124,15 +130,14 @@ async def get_profile(session: AsyncSession, user: CurrentUser) -> dict:
     return await service.get_profile(session, user_id=user.id)
 
 
-@routes.put("/api/auth/profile", body=ProfileUpdateIn, response=ProfileUpdateOut, errors=(409,),
-            max_body=AUTH_MAX_BODY)
+@routes.put("/api/auth/profile", body=ProfileUpdateIn, response=ProfileUpdateOut, max_body=AUTH_MAX_BODY)
 async def update_profile(request: web.Request, session: AsyncSession, user: CurrentUser,
                          body: ProfileUpdateIn) -> dict:
     """Change display name, time zone, email or password."""
     res = request.app[keys.resources]
-    if body.email is not None and body.email != user.email:
-        await res.rate_limiter.hit_mailbox(body.email)  # the new address gets a verification email
-    return await service.update_profile(session, user_id=user.id, data=body, settings=res.settings,
+    moving = body.email is not None and body.email != user.email
+    notify = await _may_mail(request, body.email, user_id=user.id) if moving else True
+    return await service.update_profile(session, user_id=user.id, data=body, settings=res.settings, notify=notify,
                                         queue=res.queue)
 
 

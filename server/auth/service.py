@@ -137,7 +137,7 @@ async def _revoke_all_refresh(session: AsyncSession, user_id: uuid.UUID) -> None
 
 async def register(
     sessionmaker: async_sessionmaker[AsyncSession], *, data: RegisterIn, settings: Settings,
-    queue: ArqRedis,
+    queue: ArqRedis, notify: bool = True,
 ) -> uuid.UUID | None:
     """Create the account on the free plan with its signup credits and send the verification
     email; a known address gets an email saying so instead (None), callers the same answer.
@@ -146,12 +146,12 @@ async def register(
     """
     password_hash = await hash_password(data.password, rounds=settings.bcrypt_rounds)
     return await run_in_transaction(sessionmaker, lambda session: _create_account(
-        session, data=data, password_hash=password_hash, settings=settings, queue=queue))
+        session, data=data, password_hash=password_hash, settings=settings, queue=queue, notify=notify))
 
 
 async def _create_account(
     session: AsyncSession, *, data: RegisterIn, password_hash: str, settings: Settings,
-    queue: ArqRedis,
+    queue: ArqRedis, notify: bool,
 ) -> uuid.UUID | None:
     user_id = (
         await session.execute(
@@ -163,7 +163,8 @@ async def _create_account(
         )
     ).scalar_one_or_none()
     if user_id is None:
-        _send_later(session, queue, emails.account_exists(settings, to=data.email))
+        if notify:
+            _send_later(session, queue, emails.account_exists(settings, to=data.email))
         return None
     await session.execute(insert(UserCredits).values(user_id=user_id))
     await activity.record(session, user_id=user_id, type="account.created",
@@ -172,7 +173,8 @@ async def _create_account(
                        reason="Signup bonus", type="bonus")
     token = await _issue_email_token(session, user_id=user_id, email=data.email,
                                      purpose="verify_email", ttl=VERIFY_TTL)
-    _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
+    if notify:  # else the inbox had its share of our emails this hour: resend-verification later
+        _send_later(session, queue, emails.verification(settings, to=data.email, token=token))
     return user_id
 
 
@@ -270,14 +272,15 @@ async def logout(
         revoke_session_sockets(session, user_id, family_id)
 
 
-async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
+async def verify_email(session: AsyncSession, *, token: str, settings: Settings,
+                       queue: ArqRedis) -> dict[str, Any]:
     """Mark the address verified (or move the account to it, for an email change); the link
     works once and only for the address it was sent to."""
     try:
         record = await _consume_email_token(session, token=token, purpose="verify_email")
     except InvalidToken:
         record = await _consume_email_token(session, token=token, purpose="change_email")
-        return await _move_to(session, record)
+        return await _move_to(session, record, settings=settings, queue=queue)
     user = await session.get(User, record.user_id, with_for_update=True)
     if user is None or user.email != record.email:
         raise InvalidToken()
@@ -290,7 +293,14 @@ async def verify_email(session: AsyncSession, *, token: str) -> dict[str, Any]:
     return await _user_row(session, user.id)
 
 
-async def _move_to(session: AsyncSession, record: AuthToken) -> dict[str, Any]:
+async def _void_tokens(session: AsyncSession, user_id: uuid.UUID, *purposes: str) -> None:
+    await session.execute(update(AuthToken).where(
+        AuthToken.user_id == user_id, AuthToken.purpose.in_(purposes), AuthToken.used_at.is_(None),
+    ).values(used_at=_now()))
+
+
+async def _move_to(session: AsyncSession, record: AuthToken, *, settings: Settings,
+                   queue: ArqRedis) -> dict[str, Any]:
     """An email change confirmed from the new address: it is the account's, and verified."""
     user = await session.get(User, record.user_id, with_for_update=True)
     if user is None:
@@ -300,16 +310,13 @@ async def _move_to(session: AsyncSession, record: AuthToken) -> dict[str, Any]:
     if taken:  # another account took the address since the link was sent
         raise Conflict("An account with this email already exists",
                        details=[{"field": "email", "message": "already registered"}])
+    old_email = user.email
     user.email = record.email
     user.email_verified = True
     user.email_verified_at = _now()
     # Links mailed to the old address must not work for the new one.
-    await session.execute(
-        update(AuthToken)
-        .where(AuthToken.user_id == user.id, AuthToken.purpose.in_(("reset_password", "verify_email")),
-               AuthToken.used_at.is_(None))
-        .values(used_at=_now())
-    )
+    await _void_tokens(session, user.id, "reset_password", "verify_email")
+    _send_later(session, queue, emails.email_changed(settings, to=old_email, new_email=record.email))
     await activity.record(session, user_id=user.id, type="account.email_changed",
                           message="Your email address changed")
     await session.flush()
@@ -375,6 +382,7 @@ async def reset_password(
         .values(password_hash=password_hash, token_version=User.token_version + 1)
     )
     await _revoke_all_refresh(session, record.user_id)
+    await _void_tokens(session, record.user_id, "change_email")
     await activity.record(session, user_id=record.user_id, type="account.password_reset",
                           message="Your password was reset; all sessions were signed out")
     revoke_sockets(session, record.user_id)
@@ -393,7 +401,7 @@ async def get_profile(session: AsyncSession, *, user_id: uuid.UUID) -> dict[str,
 
 async def update_profile(
     session: AsyncSession, *, user_id: uuid.UUID, data: ProfileUpdateIn, settings: Settings,
-    queue: ArqRedis,
+    queue: ArqRedis, notify: bool = True,
 ) -> dict[str, Any]:
     """Change name, time zone, email (verification starts again) or password (others signed out)."""
     user = await session.get(User, user_id, with_for_update=True)
@@ -409,6 +417,7 @@ async def update_profile(
         user.password_hash = await hash_password(data.new_password, rounds=settings.bcrypt_rounds)
         user.token_version += 1
         await _revoke_all_refresh(session, user.id)
+        await _void_tokens(session, user.id, "change_email")  # a move asked before it is off
         revoke_sockets(session, user.id)
         await activity.record(session, user_id=user.id, type="account.password_changed",
                               message="Your password was changed; other sessions were signed out")
@@ -420,13 +429,13 @@ async def update_profile(
         assert data.email is not None
         # Nothing changes until the new address opens its link; the answer is the same whether
         # or not the address has an account (only its inbox learns which).
+        # The same writes either way (a token, earlier ones voided), so nothing tells them apart.
+        token = await _issue_email_token(session, user_id=user.id, email=data.email,
+                                         purpose="change_email", ttl=VERIFY_TTL)
         taken = (await session.execute(select(func.count()).select_from(User).where(User.email == data.email))).scalar_one()
-        if taken:
-            _send_later(session, queue, emails.email_change_taken(settings, to=data.email))
-        else:
-            token = await _issue_email_token(session, user_id=user.id, email=data.email,
-                                             purpose="change_email", ttl=VERIFY_TTL)
-            _send_later(session, queue, emails.confirm_email_change(settings, to=data.email, token=token))
+        if notify:
+            _send_later(session, queue, emails.email_change_taken(settings, to=data.email) if taken
+                        else emails.confirm_email_change(settings, to=data.email, token=token))
         result["pending_email"] = data.email
     await session.flush()
     if data.new_password is not None:
