@@ -87,6 +87,13 @@ def _replay(found: Any, fingerprint: bytes) -> Outcome:
     return Outcome(found.status, found.response, replayed=True)
 
 
+async def stored(sessionmaker: Any, *, user_id: uuid.UUID, key: str, fingerprint: bytes) -> Outcome | None:
+    """The outcome already recorded for this key (422 if for another request), read on a short session."""
+    async with sessionmaker() as session:
+        found = await _record(session, user_id, key)
+    return None if found is None else _replay(found, fingerprint)
+
+
 async def run(session: AsyncSession, *, user_id: uuid.UUID, key: str, fingerprint: bytes, status: int,
               work: Callable[[], Awaitable[Any]]) -> Outcome:
     """The outcome recorded for this key, or run `work` and record its outcome in this transaction."""

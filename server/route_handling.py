@@ -77,9 +77,15 @@ def _wrap(spec: RouteSpec) -> Callable[[web.Request], Awaitable[web.StreamRespon
             kwargs["body"] = parse(spec.body, raw)
         elif not spec.raw_body and request.method in BODY_METHODS:
             refuse_body(await read_json(request, limit=spec.body_limit))
-        if spec.screen is not None:
-            await spec.screen(res, user, kwargs.get("body"))
         key = idempotency.key_from(request) if spec.idempotent else None
+        if spec.screen is not None:
+            if key is not None:  # a retry gets its first answer, whatever screening would say today
+                assert user is not None
+                done = await idempotency.stored(res.sessionmaker, user_id=user.id, key=key, fingerprint=(
+                    idempotency.fingerprint(f"{request.method} {request.path}", kwargs.get("body"))))
+                if done is not None:
+                    return done
+            await spec.screen(res, user, kwargs.get("body"))
         if "idempotency_key" in wants:
             kwargs["idempotency_key"] = key
         if "session" not in wants:

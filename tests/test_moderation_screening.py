@@ -382,3 +382,18 @@ async def test_a_keyed_request_holds_no_database_connection_while_the_classifier
     finally:
         if socket is not None:
             await socket.close()
+
+
+async def test_a_retry_gets_its_first_answer_even_when_screening_is_down(grok_app, xai) -> None:
+    api, server, user = grok_app
+    body, key = {"prompt": "a kettle on a stove"}, {"Idempotency-Key": "retry-1"}
+    first = await api.post("/api/content/generate/image", token=user.access_token, json=body, headers=key)
+    assert first.status == 202, first
+    calls = len(xai.classifier_calls())
+    xai.classifier_mode = "error"  # the classifier is down: a new request would get 503
+    again = await api.post("/api/content/generate/image", token=user.access_token, json=body, headers=key)
+    assert again.status == 202 and again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
+    fresh = await api.post("/api/content/generate/image", token=user.access_token,
+                           json={"prompt": "a kettle on a table"}, headers={"Idempotency-Key": "retry-2"})
+    assert fresh.status == 503, fresh
+    assert len(xai.classifier_calls()) == calls + 1  # only the new request asked it (once: no retry inside)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -26,6 +27,9 @@ PROFILE_STRICT = ("identity", "physical_traits", "style", "personality")
 # The rules cost ~5 ms per KB: longer texts are judged on one thread of their own, so a burst
 # of maximum-size avatars queues there instead of holding the event loop (~110 ms each).
 INLINE_CHARS = 2_000
+# Words this request (this task's context) already screened: the service's own screening, run
+# again inside the transaction, then costs nothing and calls nobody.
+_passed_here: ContextVar[frozenset[bytes]] = ContextVar("screened_in_this_request", default=frozenset())
 ALLOWED_FOR_SECONDS = 120.0  # a request screened before its transaction is not sent twice
 ALLOWED_KEPT = 10_000
 
@@ -68,8 +72,8 @@ class Moderator:
         if len(self._allowed) >= ALLOWED_KEPT:
             now = time.monotonic()
             self._allowed = {d: until for d, until in self._allowed.items() if until > now}
-            if len(self._allowed) >= ALLOWED_KEPT:
-                self._allowed.clear()
+            if len(self._allowed) >= ALLOWED_KEPT:  # the oldest half goes (insertion order)
+                self._allowed = dict(list(self._allowed.items())[ALLOWED_KEPT // 2:])
         self._allowed[digest] = time.monotonic() + ALLOWED_FOR_SECONDS
 
     async def aclose(self) -> None:
@@ -78,12 +82,17 @@ class Moderator:
 
     async def screen(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
         """Rules, then the classifier: 422 on a refusal, 503 if the classifier cannot answer."""
+        passed = _passed_here.get()
+        digest = hashlib.sha256(repr((context, sorted((k, flatten(v)) for k, v in fields.items()))).encode()).digest()
+        if digest in passed:  # this request screened these very words before its transaction
+            return
         rules = partial(screen, user_id=user_id, context=context, fields=fields, policy=self.policy)
         if len(flatten(dict(fields))) > INLINE_CHARS:
             await asyncio.get_running_loop().run_in_executor(self._rules_thread, rules)
         else:
             rules()
         await self._classify(user_id=user_id, context=context, fields=fields)
+        _passed_here.set(passed | {digest})
 
     async def _classify(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
         texts = {name: text for name, value in fields.items() if (text := flatten(value)).strip()}

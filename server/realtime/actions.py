@@ -109,6 +109,11 @@ async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
         key = idempotency.valid_key(key, field="request_id")
     res = ctx.resources
     await res.rate_limiter.hit("generation", f"user:{ctx.user.id}")
+    fingerprint = idempotency.fingerprint(f"POST /api/content/generate/{kind}", request)
+    if key is not None:  # a retry gets its first answer, whatever screening would say today
+        done = await idempotency.stored(res.sessionmaker, user_id=ctx.user.id, key=key, fingerprint=fingerprint)
+        if done is not None:
+            return idempotency.result(done)
     # Before the key's lock, the transaction's first statement: the classifier holds no connection.
     await content_service.screen_request(res.moderator, ctx.user, request)
 
@@ -120,9 +125,8 @@ async def generate_content(ctx: ActionContext, body: Any) -> dict[str, Any]:
     if key is None:
         return await work()
     # The REST route's operation and status: a REST retry and a socket retry of one key agree.
-    outcome = await idempotency.run(
-        ctx.session, user_id=ctx.user.id, key=key, status=202, work=work,
-        fingerprint=idempotency.fingerprint(f"POST /api/content/generate/{kind}", request))
+    outcome = await idempotency.run(ctx.session, user_id=ctx.user.id, key=key, status=202, work=work,
+                                    fingerprint=fingerprint)
     return idempotency.result(outcome)
 
 
