@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import orjson
 
+from server import keys
 from server.realtime.server import realtime_key
 from tests.support.api import verified_user
 from tests.support.flows import balance
@@ -126,3 +127,28 @@ async def test_a_socket_cut_off_for_flooding_still_acks_every_action_it_was_char
     listed = await api.get("/api/content", token=user.access_token)
     assert {item["id"] for item in listed.body["items"]} == accepted and len(accepted) == 5
     assert await balance(api, user) == 0
+
+
+async def test_a_socket_being_cut_off_hears_nothing_more_and_takes_no_new_action(
+        app_server, api, settings, worker, database_url) -> None:
+    from tests.test_idempotency import _CreditsLocked
+
+    user = await verified_user(api, settings.data_dir / "outbox")
+    limit = settings.socketio_client_events_per_10s
+    async with joined(app_server, user.access_token) as (ws, sid), _CreditsLocked(database_url, user) as money:
+        await ws.send_str('421["content.generate",{"kind":"image","prompt":"a slow lamp"}]')
+        await money.wait_for_waiters()  # charging, inside its transaction
+        for n in range(limit):  # past the limit: the socket is cut off, but owes the first an ack
+            await ws.send_str(f'42{100 + n}["ping"]')
+        frames = await frames_until(ws, lambda f: f.startswith(f"43{100 + limit - 1}["))
+        assert ack(frames, 100 + limit - 1)[0]["error"]["error"] == "rate_limited"
+        assert sid in app_server.app[realtime_key].closing
+        # Sent to its room while it closes (straight to Redis: the outbox row lock is held here).
+        marker = {"activity": {"id": "while-closing", "type": "test", "message": "test #0"}, "event_id": 10**6}
+        await app_server.app[keys.resources].publisher.publish_durable(user.id, [(10**6, "activity", marker)])
+        await ws.send_str('422["ping"]')
+        await money.release()
+        frames = await frames_until(ws, lambda f: False, timeout=15)
+    assert ack(frames, 2)[0]["ok"] is False  # refused: the connection is closing
+    assert ack(frames, 1)[0]["ok"] is True  # the charged action still got its answer
+    assert not any("test #0" in f for f in frames), frames

@@ -83,6 +83,8 @@ class Realtime:
             engineio_logger=False,
         )
         self.connections: dict[str, Connection] = {}
+        self.closing: set[str] = set()  # cut off: out of its room, events refused, acks still going out
+        self._closing_tasks: set[asyncio.Task[None]] = set()
         self.feeds = Feeds(fetch=self._fetch, deliver=self.manager.deliver, behind=self._behind)
         self.manager.feeds = self.feeds
         self.manager.on_resubscribed = self.catch_up
@@ -135,6 +137,7 @@ class Realtime:
         await self.sio.enter_room(sid, user_room(user.id))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        self.closing.discard(sid)
         conn = self.connections.pop(sid, None)
         if conn is not None:
             self.app[keys.metrics].socket_connections.dec()
@@ -205,8 +208,8 @@ class Realtime:
 
     async def _run(self, act: Action, sid: str, data: Any) -> dict[str, Any]:
         conn = self.connections.get(sid)
-        if conn is None:
-            return _failure(Unauthorized())
+        if conn is None or sid in self.closing:
+            return _failure(Unauthorized("This connection is closing"))
         if not self._within_rate(sid, conn):
             return _failure(RateLimited("Too many events on this connection"))
         resources = self.app[keys.resources]
@@ -232,6 +235,8 @@ class Realtime:
         return {"ok": True, "data": result}
 
     async def on_unknown_event(self, event: str, sid: str, *args: Any) -> dict[str, Any]:
+        if sid in self.closing:
+            return _failure(Unauthorized("This connection is closing"))
         conn = self.connections.get(sid)
         if conn is not None and not self._within_rate(sid, conn):
             return _failure(RateLimited("Too many events on this connection"))
@@ -248,15 +253,28 @@ class Realtime:
         if conn.window_events == limit + 1:
             log.warning("socket %s of user %s exceeded %d events/10s; disconnecting",
                         sid, conn.user.id, limit)
-            after_reply(lambda: self.cut_off(sid))
+            self.cut_off_soon(sid)
         return False
 
     # closing sockets
 
+    def cut_off_soon(self, sid: str) -> None:
+        """Close a socket for good, at once for everything but the acks it is owed (in the background)."""
+        if sid in self.closing:
+            return
+        self.closing.add(sid)
+        conn = self.connections.get(sid)
+        if conn is not None:  # no live event reaches it from now on
+            self.manager.basic_leave_room(sid, NAMESPACE, user_room(conn.user.id))
+        task = asyncio.get_running_loop().create_task(self.cut_off(sid))
+        self._closing_tasks.add(task)
+        task.add_done_callback(self._closing_tasks.discard)
+
     async def cut_off(self, sid: str) -> None:
         """Close a socket for good: its namespace, then its transport."""
-        # Actions it sent before the one that crossed the limit may be charging now: an accepted
-        # action always gets its ack (API.md), so they finish first.
+        # Actions it sent before it was cut off may be charging now: an accepted action always
+        # gets its ack (API.md), so they finish first; new ones are refused meanwhile.
+        self.closing.add(sid)
         await self.sio.settle(sid, timeout=ACK_GRACE_SECONDS)
         eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
         await self.sio.disconnect(sid, ignore_queue=True)
@@ -276,7 +294,7 @@ class Realtime:
         for sid in sids:
             await self.sio.emit("session.revoked", {"reason": "signed_out"}, to=sid,
                                 ignore_queue=True)
-        await asyncio.gather(*(self.cut_off(sid) for sid in sids))
+            self.cut_off_soon(sid)
 
     async def close_revoked_session(self, user_id: str, session_id: str) -> None:
         """The same, for the sockets of one signed-in session of the user (its logout)."""
@@ -286,7 +304,7 @@ class Realtime:
         for sid in sids:
             await self.sio.emit("session.revoked", {"reason": "signed_out"}, to=sid,
                                 ignore_queue=True)
-        await asyncio.gather(*(self.cut_off(sid) for sid in sids))
+            self.cut_off_soon(sid)
 
     # lifecycle
 
@@ -317,7 +335,10 @@ class Realtime:
 
     async def close_all(self, app: web.Application) -> None:
         """On shutdown: close every socket so clients reconnect to another instance (acks sent first)."""
+        self.closing.update(self.connections)  # no new action starts; the running ones ack first
         await asyncio.gather(*(self.sio.settle(sid, timeout=ACK_GRACE_SECONDS) for sid in list(self.connections)))
+        if self._closing_tasks:
+            await asyncio.wait(set(self._closing_tasks), timeout=ACK_GRACE_SECONDS + 2)
         await self._close_transports(list(self.sio.eio.sockets))
         closing = self.sio.eio.closing_websockets
         if closing:
