@@ -39,9 +39,10 @@ async def test_health_stays_quick_while_12_clients_send_the_longest_avatar_texts
     async with ServerProcess(settings, rate_limit_enabled=False, log_level="WARNING") as server:
         samples, statuses = await screening_scenario(server.url, settings.sqlalchemy_url, seconds=6)
     print(f"/health under avatar screening: {summary(samples)}; {statuses}")
-    assert len(samples) > 50 and sum(statuses.values()) > 12
+    assert len(samples) > 20 and sum(statuses.values()) > 12
     assert set(statuses) <= {"200", "409"}, statuses  # screened and applied, or the avatar still busy
-    assert _p99(samples) < 250 and max(samples) < 1000, summary(samples)
+    # Generous (the suite shares 2 cores): the stall it catches is the attack's, 1.8 s at /health.
+    assert _p99(samples) < 400 and max(samples) < 1000, summary(samples)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import pytest
 from tests.support.api import Api, verified_user
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ",".join([
     "not_a_server_error", "status_code_conformance", "content_type_conformance",
     "response_headers_conformance", "response_schema_conformance", "negative_data_rejection",
@@ -36,7 +37,9 @@ async def _run(base_url: str, report: Path, *options: str) -> tuple[int, str]:
             "--exclude-path-regex", "^/files/",  # signed file URLs: not JSON, not guessable
             "--report", "ndjson", "--report-ndjson-path", str(report)]
     args += options
-    proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE,
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks",
+           "PYTHONPATH": str(ROOT)}
+    proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT,
                                                 cwd=report.parent)  # its cache stays out of the repo
     out, _ = await asyncio.wait_for(proc.communicate(), SECONDS * 3 + 120)

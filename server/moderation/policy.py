@@ -29,6 +29,7 @@ _MASKED = re.compile(r"[^\W_]*(?:[*#][^\W_]*)+")
 _TENS = re.compile(r"(?<!\d)([2-9]0)(?:\s*-\s*|\s+)(?:(?:and|y|e|et)\s+)?([1-9])(?!\d)")
 _TEENS_FR = re.compile(r"(?<!\d)10(?:\s*-\s*|\s+)([7-9])(?!\d)")  # dix-sept, dix-huit, dix-neuf
 _APOSTROPHES = str.maketrans("", "", "'’`´")
+_DIGIT = re.compile(r"\d")
 _LOOKALIKE_DIGITS = re.compile(r"(?<![^\W_])(?=[oli]*\d)(?=\d*[oli])[\doli]{2,3}(?![^\W_])")
 _AS_DIGITS = str.maketrans("oli", "011")
 
@@ -413,6 +414,8 @@ class ContentPolicy:
         spelled = _spelled_out(plain_text, spans, [plain_text[a:b] for a, b in spans])
         if spelled is not None:  # "1-2 y-e-a-r o-l-d"
             readings.add(self._numerals(" ".join(spelled[0])))
+        # Every age and birth-year pattern holds a digit: most long texts skip the costly scans.
+        readings = {text for text in readings if _DIGIT.search(text)}
         for text in readings:
             for match in _AGE.finditer(text):
                 age = next(int(g) for g in match.groups() if g is not None)
@@ -433,7 +436,7 @@ class ContentPolicy:
     def school_grade(self, plain_text: str) -> bool:
         """A school grade from first to twelfth (a teacher of one is not a pupil)."""
         text = " ".join(plain_text.translate(_APOSTROPHES).split())
-        for match in _GRADE.finditer(text):
+        for match in _GRADE.finditer(text) if _DIGIT.search(text) else ():
             grade = next(int(g) for g in match.groups() if g is not None)
             if 0 < grade <= 12:
                 return True
