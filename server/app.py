@@ -10,7 +10,7 @@ from aiohttp import web
 from server import keys, middleware, service_routes
 from server.auth import passwords
 from server.config import Settings
-from server.gc_tuning import observe_gc_pauses, settle_startup_heap
+from server.gc_tuning import observe_gc_pauses, tune_collector
 from server.metrics import Metrics
 from server.openapi import build_document
 from server.realtime.server import attach_socketio
@@ -65,5 +65,5 @@ def create_app(settings: Settings) -> web.Application:
     attach_socketio(app, settings)
     app.cleanup_ctx.append(observe_gc_pauses)
     if settings.gc_tuning:
-        app.on_startup.append(settle_startup_heap)  # after cleanup_ctx: resources are open
+        app.cleanup_ctx.append(tune_collector)  # last: the resources above are open when it freezes
     return app

@@ -17,12 +17,17 @@ import aiohttp
 import orjson
 import pytest
 
-from server import gc_tuning
 from server.realtime.engine import LeanSocket
 from server.realtime.server import Realtime, realtime_key
 from tests.conftest import start_app
 from tests.test_realtime import url_of
-from tests.test_realtime_transport import FAST_PINGS, _client_frame, _stalled_client, app_with, eventually
+from tests.test_realtime_transport import (
+    FAST_PINGS,
+    _client_frame,
+    _stalled_client,
+    app_with,
+    eventually,
+)
 
 
 @contextmanager
@@ -229,14 +234,17 @@ async def test_a_session_the_server_closes_is_freed_without_a_collector_pass(set
 
 async def test_apps_put_the_collector_settings_back_when_cleaned_up(settings) -> None:
     thresholds, callbacks, frozen_count = gc.get_threshold(), list(gc.callbacks), gc.get_freeze_count()
+    settings = settings.model_copy(update={"gc_tuning": True, "gc_gen0_threshold": thresholds[0] + 1234})
+    tuned = (settings.gc_gen0_threshold, *thresholds[1:])
     first = await start_app(settings)
-    assert gc.get_threshold() == gc_tuning.THRESHOLDS
+    assert gc.get_threshold() == tuned
     assert len(gc.callbacks) == len(callbacks) + 1
+    assert gc.get_freeze_count() > frozen_count
     second = await start_app(settings)  # two apps in one process, as in tests
-    assert gc.get_threshold() == gc_tuning.THRESHOLDS
+    assert gc.get_threshold() == tuned
     assert len(gc.callbacks) == len(callbacks) + 2  # one pause histogram per app
     await second.close()
-    assert gc.get_threshold() == gc_tuning.THRESHOLDS  # the first app still runs
+    assert gc.get_threshold() == tuned  # the first app still runs
     await first.close()
     assert gc.get_threshold() == thresholds
     assert gc.callbacks == callbacks
