@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     specs = install(app, route_groups())
     app[keys.openapi_document] = build_document(specs)
     attach_socketio(app, settings)
-    app.cleanup_ctx.append(observe_gc_pauses)
     if settings.gc_tuning:
-        app.cleanup_ctx.append(tune_collector)  # last: the resources above are open when it freezes
+        app.cleanup_ctx.append(tune_collector)  # after the resources above are open: it freezes them
+    app.cleanup_ctx.append(observe_gc_pauses)  # serving pauses, not the startup collection
     return app
