@@ -188,7 +188,7 @@ class LeanSocket(AsyncSocket):
                 # instead of leaving it hanging until the ping timeout. It polls no more.
                 self.queue.put_nowait(packet.Packet(packet.NOOP))
                 self.leave()
-            else:
+            elif self.server.sockets.get(self.sid) is self:
                 # Our CLOSE waits in the queue for the client's next poll (handle_get_request
                 # leaves then); a client that never polls again is dropped a ping timeout later.
                 self.server.heartbeats.due_in(self, self.server.ping_timeout)
