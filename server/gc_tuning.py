@@ -1,7 +1,5 @@
-"""The collector's settings while the app runs (restored when it stops), and its pauses as a metric.
-
-Settings chosen by `bench/realtime_churn.py`; see docs/benchmarks.md "Realtime churn, memory and GC".
-"""
+"""The collector's settings while the app runs (put back when it stops), and its pauses as metrics;
+the settings are chosen by `bench/realtime_churn.py` (docs/benchmarks.md, "Realtime churn, memory and GC")."""
 
 from __future__ import annotations
 
@@ -22,11 +20,6 @@ _saved_thresholds: tuple[int, int, int] = gc.get_threshold()
 _unfreeze_after = False
 
 
-def thresholds(gen0: int) -> tuple[int, int, int]:
-    _, gen1, gen2 = _saved_thresholds if _apps_tuning else gc.get_threshold()
-    return gen0, gen1, gen2
-
-
 async def tune_collector(app: web.Application) -> AsyncIterator[None]:
     """Freeze the startup heap (modules, mappers, schemas: they live as long as the process),
     so a full pass walks only what was made since, and set the first-generation threshold."""
@@ -38,7 +31,8 @@ async def tune_collector(app: web.Application) -> AsyncIterator[None]:
     try:
         gc.collect()
         gc.freeze()
-        gc.set_threshold(*thresholds(app[keys.settings].gc_gen0_threshold))
+        _, gen1, gen2 = _saved_thresholds
+        gc.set_threshold(app[keys.settings].gc_gen0_threshold, gen1, gen2)
         yield
     finally:
         _apps_tuning -= 1
