@@ -10,7 +10,7 @@ from aiohttp import web
 from server import keys, middleware, service_routes
 from server.auth import passwords
 from server.config import Settings
-from server.gc_tuning import observe_gc_pauses, settle_startup_heap
+from server.gc_tuning import observe_gc_pauses, tune_collector
 from server.metrics import Metrics
 from server.openapi import build_document
 from server.realtime.server import attach_socketio
@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> web.Application:
     specs = install(app, route_groups())
     app[keys.openapi_document] = build_document(specs)
     attach_socketio(app, settings)
-    app.cleanup_ctx.append(observe_gc_pauses)
     if settings.gc_tuning:
-        app.on_startup.append(settle_startup_heap)  # after cleanup_ctx: resources are open
+        app.cleanup_ctx.append(tune_collector)  # after the resources above are open: it freezes them
+    app.cleanup_ctx.append(observe_gc_pauses)  # serving pauses, not the startup collection
     return app

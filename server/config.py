@@ -117,7 +117,8 @@ class Settings(BaseSettings):
     realtime_catch_up_seconds: float = Field(1.0, gt=0)  # servers compare their feeds with the outbox
     socketio_ping_interval_seconds: float = 25.0
     socketio_ping_timeout_seconds: float = 20.0
-    gc_tuning: bool = True  # freeze the startup heap, rarer GC passes (server/gc_tuning.py)
+    gc_tuning: bool = True  # freeze the startup heap, set gc_gen0_threshold (server/gc_tuning.py)
+    gc_gen0_threshold: int = Field(700, ge=1)  # Python's own; chosen by bench/realtime_churn.py
     socketio_connect_timeout_seconds: float = 45.0  # to finish the handshake (auth) after connecting
     worker_poll_delay_seconds: float = 0.02
     # A worker's capacity, in jobs running at once: image runs (each waits seconds on the provider),

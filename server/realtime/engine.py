@@ -185,8 +185,13 @@ class LeanSocket(AsyncSocket):
             await super().close(wait=wait, abort=abort, reason=reason)  # long-polling
             if abort:
                 # The client said CLOSE: answer its pending long-poll now, as Node's server does,
-                # instead of leaving it hanging until the ping timeout.
+                # instead of leaving it hanging until the ping timeout. It polls no more.
                 self.queue.put_nowait(packet.Packet(packet.NOOP))
+                self.leave()
+            elif self.server.sockets.get(self.sid) is self:
+                # Our CLOSE waits in the queue for the client's next poll (handle_get_request
+                # leaves then); a client that never polls again is dropped a ping timeout later.
+                self.server.heartbeats.due_in(self, self.server.ping_timeout)
             return
         if not self.closed and not self.closing:
             self.closing = True
@@ -200,6 +205,28 @@ class LeanSocket(AsyncSocket):
         if ws is not None and not ws.closed and asyncio.current_task() is not self.reader:
             # The reader is parked in receive(); closing the websocket wakes it up.
             self.server.close_websocket(ws, self.transport)
+        self.leave()
+
+    def leave(self) -> None:
+        """A closed session leaves every structure of the engine at once (its heartbeat slot,
+        the server's sessions) and lets go of its websocket and request: reference counting
+        frees it when the request's task ends, with no collector pass."""
+        server = self.server
+        server.heartbeats.forget(self)
+        if server.sockets.get(self.sid) is self:
+            del server.sockets[self.sid]
+        if self.reader is None:  # else the reader's detach() comes back here
+            self.ws = None
+            self.transport = None
+        self.pending = None
+        self._session = None
+
+    async def handle_get_request(self, environ: Mapping[str, Any]) -> Any:
+        try:
+            return await super().handle_get_request(environ)
+        finally:
+            if self.closed and self.queue is not None and self.queue.empty():
+                self.leave()  # the poll that carried our CLOSE (or the last packets)
 
     # the websocket transport
 
@@ -280,6 +307,8 @@ class LeanSocket(AsyncSocket):
         self.reader = None
         await close_quickly(ws, self.transport)
         await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        self.leave()
+        forget_tracebacks(ws.exception())
 
     async def _complete_upgrade(self, ws: WebSocketResponse) -> bool:
         """engine.io's polling -> websocket upgrade: probe, then UPGRADE; False if it fails."""
@@ -335,6 +364,16 @@ async def close_quickly(ws: WebSocketResponse, transport: asyncio.BaseTransport 
         log.debug("closing a websocket failed", exc_info=True)
 
 
+def forget_tracebacks(exc: BaseException | None) -> None:
+    """aiohttp keeps the error that ended a websocket (a peer gone mid-write) on the response,
+    and its traceback holds the frames that hold the response: a cycle only a full collector
+    pass would free, with the request, transport and session behind it."""
+    seen = 0
+    while exc is not None and seen < 8:
+        exc.__traceback__ = None
+        exc, seen = exc.__context__ or exc.__cause__, seen + 1
+
+
 class Heartbeats:
     """Pings every session an interval after its last pong, and closes it if the next pong is late.
 
@@ -346,7 +385,8 @@ class Heartbeats:
     def __init__(self, server: LeanEngineServer) -> None:
         self.server = server
         self.tick = max(0.01, min(0.25, server.ping_interval / 10, server.ping_timeout / 10))
-        self.slots: dict[int, list[LeanSocket]] = {}
+        # slot -> its sockets (a dict as an ordered set: a closed socket leaves in O(1))
+        self.slots: dict[int, dict[LeanSocket, None]] = {}
         self.done = 0  # last slot handled
         self.task: asyncio.Task[None] | None = None
 
@@ -356,8 +396,15 @@ class Heartbeats:
             self.done = math.floor(loop.time() / self.tick)
             self.task = loop.create_task(self._run())
         slot = max(math.ceil((loop.time() + seconds) / self.tick), self.done + 1)
+        self.forget(socket)
         socket.due = slot
-        self.slots.setdefault(slot, []).append(socket)
+        self.slots.setdefault(slot, {})[socket] = None
+
+    def forget(self, socket: LeanSocket) -> None:
+        sockets = self.slots.get(socket.due)
+        if sockets is not None and sockets.pop(socket, False) is None and not sockets:
+            del self.slots[socket.due]
+        socket.due = 0
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -365,15 +412,24 @@ class Heartbeats:
             now = math.floor(loop.time() / self.tick)
             for slot in range(self.done + 1, now + 1):
                 self.done = slot  # what is scheduled from here on goes to a later slot
-                for n, socket in enumerate(self.slots.pop(slot, ())):
-                    if socket.due == slot and not socket.closing and not socket.closed:
-                        try:
-                            await self._beat(socket)
-                        except Exception:
-                            log.exception("heartbeat of %s failed", socket.sid)
-                    if n % PINGS_PER_TURN == PINGS_PER_TURN - 1:
-                        await asyncio.sleep(0)
+                # Handed over, not kept in a local: a sleeping wheel holds no closed session.
+                await self._turn(slot, self.slots.pop(slot, None))
             await asyncio.sleep(max(0.0, (self.done + 1) * self.tick - loop.time()))
+
+    async def _turn(self, slot: int, sockets: dict[LeanSocket, None] | None) -> None:
+        for n, socket in enumerate(sockets or ()):
+            if socket.due != slot:
+                continue
+            socket.due = 0
+            if socket.closed:  # closed, and its last poll never came
+                socket.leave()
+            elif not socket.closing:
+                try:
+                    await self._beat(socket)
+                except Exception:
+                    log.exception("heartbeat of %s failed", socket.sid)
+            if n % PINGS_PER_TURN == PINGS_PER_TURN - 1:
+                await asyncio.sleep(0)
 
     async def _beat(self, socket: LeanSocket) -> None:
         server = self.server
@@ -385,8 +441,7 @@ class Heartbeats:
         log.info("%s: no pong within %.1fs, closing", socket.sid, server.ping_timeout)
         # abort=False sends CLOSE, which tells a half-open client it is disconnected.
         await socket.close(wait=False, abort=False, reason=server.reason.PING_TIMEOUT)
-        if server.sockets.get(socket.sid) is socket:
-            del server.sockets[socket.sid]
+        socket.leave()  # a client that stopped answering will not poll for that CLOSE
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -442,8 +497,8 @@ class LeanEngineServer(engineio.AsyncServer):
             self._forget(s)
 
     def _forget(self, s: LeanSocket) -> None:
-        if s.closed and self.sockets.get(s.sid) is s:
-            del self.sockets[s.sid]
+        if s.closed:
+            s.leave()
 
     def _opens_websocket(self, request: Request) -> bool:
         """A valid request for a new websocket session; anything else goes engine.io's way."""
