@@ -178,6 +178,14 @@ class Scale:
                                               seconds=args.seconds, path="outbox"))
         self.results: dict[str, dict] = {}
 
+    async def seed(self) -> None:
+        """The plans, which authenticated REST reads (the profile) need."""
+        from server.cli import _seed
+        from server.config import Settings
+
+        await _seed(Settings(_env_file=None, database_url=self.bench.database_url,
+                             jwt_secret="x" * 48))
+
     def tokens(self) -> list[str]:
         return self.bench.tokens_file.read_text().split()
 
@@ -469,6 +477,7 @@ async def main(args: argparse.Namespace) -> None:
 
     try:
         await scale.bench.prepare()
+        await scale.seed()
         if "connect" in args.only:
             fig = await scale.connect("python", SHIPPED)
             fig["health_p99"] = fig["health"]["p99"]

@@ -28,12 +28,13 @@ let connectErrors = 0;
 const states = [];
 
 function open(index) {
-  const state = { last: 0, received: 0, dups: 0, holes: 0, up: false, socket: null };
+  const state = { last: 0, received: 0, dups: 0, holes: 0, up: false, ever: false, socket: null };
   states[index] = state;
   return new Promise((resolve) => {
     const socket = io(url, {
       transports: ["websocket"], forceNew: true, reconnection: reconnect, timeout: 20000,
-      auth: (cb) => cb(state.last > 0 ? { token: tokens[index], last_event_id: state.last } : { token: tokens[index] }),
+      // The first connect is a fresh page (no id); every reconnect resumes after the last id seen.
+      auth: (cb) => cb(state.ever ? { token: tokens[index], last_event_id: state.last } : { token: tokens[index] }),
     });
     state.socket = socket;
     socket.on("activity", (payload) => {
