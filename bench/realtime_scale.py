@@ -175,7 +175,7 @@ class Scale:
         self.args = args
         # bench.realtime's Bench: database, users and tokens, servers, publishers.
         self.bench = Bench(argparse.Namespace(idle=args.clients, clients=args.clients, rate=args.rate,
-                                              seconds=args.seconds, path="outbox"))
+                                              seconds=args.seconds, path=args.path))
         self.results: dict[str, dict] = {}
 
     async def seed(self) -> None:
@@ -257,7 +257,8 @@ class Scale:
                 with (Probe(base + "/api/auth/profile", token=self.tokens()[0], every=0.05) as rest,
                       PgPeak(self.bench.admin_url, self.bench.db_name) as pg):
                     publisher = await self.bench.start_publisher(
-                        name, SHIPPED, rate=self.args.storm_rate, seconds=self.args.storm_seconds, clients=n)
+                        name, SHIPPED, rate=self.args.storm_rate, seconds=self.args.storm_seconds, clients=n,
+                        path="outbox")
                     await asyncio.sleep(self.args.storm_seconds / 4)
                     term = time.time()
                     stop_server(server)  # SIGTERM; the process drains and exits
@@ -510,6 +511,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=1000, help="handshakes outstanding at once")
     parser.add_argument("--connect-timeout", type=float, default=180)
     parser.add_argument("--only", nargs="*", default=list(CASES), choices=CASES)
+    parser.add_argument("--path", choices=["direct", "outbox"], default="direct",
+                        help="our events in the delivery runs: already numbered straight to Redis "
+                             "(default: the delivery path alone, as Node's emitter), or committed "
+                             "through the outbox; the storm always commits through the outbox")
     parser.add_argument("--no-node", action="store_true", help="skip the Node reference")
     parser.add_argument("--quick", action="store_true", help="500 clients, 200 events/s, 5 s runs")
     args = parser.parse_args()
