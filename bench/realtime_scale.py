@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -225,7 +226,15 @@ class Scale:
                 figures["kb_per_connection"] = (rss_kb(server.pid) - rss_before) / self.args.clients
                 await driver.command("reset")
                 cpu0, dcpu0, t0 = cpu_seconds(server.pid), driver.cpu(), time.time()
+                spy = None
+                if self.args.profile and env is not None:  # py-spy, collapsed stacks of the delivery run
+                    spy = subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server.pid),
+                         "-d", str(int(self.args.seconds)), "-r", "200", "-f", "raw", "-o", self.args.profile],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 published = await self.bench.publish(f"{name}-connect", env)
+                if spy is not None:
+                    spy.wait(30)
                 await asyncio.sleep(1)
                 cpu1, dcpu1, t1 = cpu_seconds(server.pid), driver.cpu(), time.time()
                 stats = await driver.command("report")
@@ -379,8 +388,11 @@ class Scale:
             finally:
                 await driver.quit()
             wall = t1 - t0
-            figures.update({k: stats[k] for k in ("p50", "p99", "max", "received")})
+            figures.update({k: stats[k] for k in ("p50", "p99", "max", "received", "connected", "disconnects")})
             figures["events"] = round(self.args.cluster_rate * self.args.seconds)
+            errors = (prefix / "error.log").read_text().splitlines() if (prefix / "error.log").exists() else []
+            figures["nginx_errors"] = len(errors)
+            figures["nginx_error_sample"] = errors[-3:]
             figures["publisher"] = published
             figures["cpu_pct"] = {k: (cpu1[k] - cpu0[k]) / wall * 100 for k in procs}
             figures["cpu_pct"]["publisher"] = pub_cpu / wall * 100  # (its last reading; startup included)
@@ -515,6 +527,8 @@ def parse() -> argparse.Namespace:
                         help="our events in the delivery runs: already numbered straight to Redis "
                              "(default: the delivery path alone, as Node's emitter), or committed "
                              "through the outbox; the storm always commits through the outbox")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="py-spy our server during the connect case's delivery run (collapsed stacks)")
     parser.add_argument("--no-node", action="store_true", help="skip the Node reference")
     parser.add_argument("--quick", action="store_true", help="500 clients, 200 events/s, 5 s runs")
     args = parser.parse_args()
