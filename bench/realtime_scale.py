@@ -41,6 +41,7 @@ from bench.realtime import (
     Bench,
     cpu_seconds,
     free_port,
+    gc_pauses,
     rss_kb,
     stop_server,
     wait_listening,
@@ -225,6 +226,7 @@ class Scale:
                 await asyncio.sleep(5)
                 figures["kb_per_connection"] = (rss_kb(server.pid) - rss_before) / self.args.clients
                 await driver.command("reset")
+                gc0 = await gc_pauses(port) if env is not None else {}
                 cpu0, dcpu0, t0 = cpu_seconds(server.pid), driver.cpu(), time.time()
                 spy = None
                 if self.args.profile and env is not None:  # py-spy, collapsed stacks of the delivery run
@@ -240,6 +242,9 @@ class Scale:
                 stats = await driver.command("report")
                 figures.update({k: stats[k] for k in ("p50", "p99", "max", "received")})
                 figures["publisher"] = published
+                if env is not None:  # collector passes in the window (count, total ms per generation)
+                    gc1 = await gc_pauses(port)
+                    figures["gc"] = {k: round(gc1[k] - gc0.get(k, 0), 1) for k in gc1}
                 figures["cpu_us_per_event"] = (cpu1 - cpu0) / max(stats["received"], 1) * 1e6
                 figures["server_cpu_pct"] = (cpu1 - cpu0) / (t1 - t0) * 100
                 figures["driver_cpu_pct"] = (dcpu1 - dcpu0) / (t1 - t0) * 100
