@@ -57,6 +57,15 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def listen_drops() -> int:
+    """The machine's TcpExt ListenDrops: SYNs dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            return int(dict(zip(head.split(), values.split(), strict=True))["ListenDrops"])
+    return -1
+
+
 def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
@@ -209,9 +218,10 @@ class Scale:
             # Node's reference answers no /health (its http server leaves other paths hanging).
             probe = Probe(f"http://127.0.0.1:{port}/health")
             with probe if env is not None else contextlib.nullcontext():
-                cpu0, began = cpu_seconds(server.pid), time.time()
+                cpu0, began, drops = cpu_seconds(server.pid), time.time(), listen_drops()
                 driver, ready = await self.driver(f"http://127.0.0.1:{port}", reconnect=True)
                 ended = time.time()
+                figures["listen_drops"] = listen_drops() - drops
                 figures["connect"] = ready
                 figures["connect_s"] = ready["connect_ms"] / 1000
                 figures["connect_server_cpu_s"] = cpu_seconds(server.pid) - cpu0
@@ -274,7 +284,7 @@ class Scale:
                         name, SHIPPED, rate=self.args.storm_rate, seconds=self.args.storm_seconds, clients=n,
                         path="outbox")
                     await asyncio.sleep(self.args.storm_seconds / 4)
-                    term = time.time()
+                    term, drops = time.time(), listen_drops()
                     stop_server(server)  # SIGTERM; the process drains and exits
                     exited = time.time()
                     server = self.bench.start_server(name, SHIPPED, port)
@@ -289,6 +299,7 @@ class Scale:
                             raise RuntimeError(f"storm: clients not back: {report}")
                         await asyncio.sleep(0.2)
                     back = report["all_back_at"] / 1000
+                    figures["listen_drops"] = listen_drops() - drops
                     published = await self.bench.publisher_result(publisher)
                     await asyncio.sleep(3)  # the last events' delivery
                     rest_outside = rest.figures(0, term)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import subprocess
 import uuid
 from datetime import date
+from pathlib import Path
 
 import aiohttp
+import pytest
 
 from server import keys
 from server.auth import revoked_sessions
@@ -16,6 +20,7 @@ from server.errors import TokenRevoked, Unauthorized
 from server.realtime.admission import QUERIES
 from server.realtime.server import realtime_key
 from tests.support.events import credits_event, emit_events
+from tests.support.processes import ServerProcess
 from tests.test_realtime import url_of
 
 
@@ -151,3 +156,16 @@ async def test_health_answers_while_many_sockets_connect(app_server, settings, s
     await connecting
     assert statuses and set(statuses) == {200}
     assert all(c.sio.connected for c in clients)
+
+
+async def test_the_served_listener_queues_a_reconnect_storm_of_handshakes(settings) -> None:
+    """`lustify serve` listens with a backlog of 4,096 (the kernel's cap permitting), not aiohttp's 128."""
+    ss = shutil.which("ss")
+    if ss is None:
+        pytest.skip("needs ss (iproute2) to read the listener's backlog")
+    cap = int(await asyncio.to_thread(Path("/proc/sys/net/core/somaxconn").read_text))
+    async with ServerProcess(settings) as server:
+        listing = await asyncio.to_thread(subprocess.run, [ss, "-ltnH", f"sport = :{server.port}"],
+                                          capture_output=True, text=True, check=True)
+    out = listing.stdout.split()
+    assert out[0] == "LISTEN" and int(out[2]) == min(4096, cap), out
