@@ -18,7 +18,9 @@ from server.auth import revoked_sessions
 from server.auth.tokens import decode_access_token, issue_access_token
 from server.errors import TokenRevoked, Unauthorized
 from server.realtime.admission import QUERIES
+from server.realtime.feeds import CATCH_UP_SLICE
 from server.realtime.server import realtime_key
+from tests.conftest import start_app
 from tests.support.events import credits_event, emit_events
 from tests.support.processes import ServerProcess
 from tests.test_realtime import url_of
@@ -169,3 +171,29 @@ async def test_the_served_listener_queues_a_reconnect_storm_of_handshakes(settin
                                           capture_output=True, text=True, check=True)
     out = listing.stdout.split()
     assert out[0] == "LISTEN" and int(out[2]) == min(4096, cap), out
+
+
+async def test_the_catch_up_reads_every_feed_in_slices_and_finds_the_ones_behind(settings) -> None:
+    server = await start_app(settings.model_copy(update={"realtime_catch_up_seconds": 3600}))
+    try:
+        res, realtime = server.app[keys.resources], server.app[realtime_key]
+        users = await make_users(res, CATCH_UP_SLICE + 500)
+        for user in users:  # a connected user each, as a socket's connect leaves it
+            realtime.feeds.join(str(user))
+            await realtime.feeds.known(str(user), 0)
+        behind = [users[3], users[CATCH_UP_SLICE + 400]]  # one in each slice: a publish never arrived
+        async with res.reader.acquire() as conn:
+            await conn.execute("UPDATE user_credits SET event_seq = 2 WHERE user_id = ANY($1)", behind)
+        asked: list[int] = []
+        read = realtime.feeds.behind
+
+        async def counting(seen: dict[str, int]) -> dict[str, int]:
+            asked.append(len(seen))
+            return await read(seen)
+
+        realtime.feeds.behind = counting
+        assert await realtime.feeds.catch_up() == 2
+        assert asked == [CATCH_UP_SLICE, 500]
+        assert {u for u in map(str, behind) if realtime.feeds.feeds[u].filling} == set(map(str, behind))
+    finally:
+        await server.close()
