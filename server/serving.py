@@ -20,7 +20,10 @@ async def serve(settings: Settings) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=settings.shutdown_grace_seconds)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    # A reconnect storm (a deploy, a network blip) brings thousands of handshakes at once;
+    # with aiohttp's default backlog of 128 the kernel drops the rest and clients wait out
+    # SYN retransmits (1 s, 3 s, ...). The kernel caps this at net.core.somaxconn.
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=4096)
     await site.start()
     print(f"Lustify API listening on http://{settings.host}:{settings.port}", flush=True)
     stop = asyncio.Event()

@@ -128,6 +128,10 @@ async def test_a_malformed_last_event_id_is_refused(app_server, api, sockets) ->
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.connect(url_of(app_server), token=user.access_token, last_event_id="yesterday")
     assert client.connect_errors[0]["message"] == "validation_error"
+    stranger = sockets()  # without a valid token the answer is only that
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await stranger.connect(url_of(app_server), token="not-a-token", last_event_id="yesterday")
+    assert stranger.connect_errors[0]["message"] == "unauthorized"
 
 
 async def test_a_connection_that_never_authenticates_is_closed(settings, database_url) -> None:

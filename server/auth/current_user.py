@@ -4,8 +4,10 @@ signed-out sessions."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -44,6 +46,12 @@ async def load_user(reader: asyncpg.Connection, *, user_id: uuid.UUID, token_ver
                     session_id: uuid.UUID | None = None) -> CurrentUser:
     """The user as the database knows it now, if active and signed in with this token version."""
     row = await _BY_ID.fetchrow(reader, user_id=user_id)
+    return user_from_row(row, token_version=token_version, session_id=session_id)
+
+
+def user_from_row(row: Mapping[str, Any] | None, *, token_version: int,
+                  session_id: uuid.UUID | None = None) -> CurrentUser:
+    """The checks of `load_user` on a row of its columns (read one at a time or in a batch)."""
     if row is None or not row["is_active"]:
         raise Unauthorized("The access token is invalid")
     if row["token_version"] != token_version:

@@ -23,6 +23,7 @@ Deliver = Callable[[str, list[Sequenced]], Awaitable[None]]
 Behind = Callable[[dict[str, int]], Awaitable[dict[str, int]]]
 FILL_RETRY_SECONDS = 0.25
 FILL_GIVE_UP_SECONDS = 3.0  # PostgreSQL unreachable this long: deliver what arrived, hole and all
+CATCH_UP_SLICE = 1000  # feeds per catch-up query
 
 
 class Feed:
@@ -129,17 +130,21 @@ class Feeds:
 
     async def catch_up(self) -> int:
         """Read every feed's latest event_id; fill the ones that fell behind. Returns how many."""
-        seen = {user: feed.seq for user, feed in self.feeds.items()
-                if feed.seq is not None and not feed.filling}
-        if not seen:
-            return 0
-        latest = await self.behind(seen)
+        # In slices, each its own query: at 10,000 users one pass in one piece held the event
+        # loop for tens of milliseconds every second.
+        feeds = list(self.feeds.items())
         count = 0
-        for user, newest in latest.items():
-            feed = self.feeds.get(user)
-            if feed is not None and feed.seq is not None and newest > feed.seq and not feed.filling:
-                self._spawn(user, feed, newest)
-                count += 1
+        for start in range(0, len(feeds), CATCH_UP_SLICE):
+            seen = {user: feed.seq for user, feed in feeds[start:start + CATCH_UP_SLICE]
+                    if feed.seq is not None and not feed.filling}
+            if not seen:
+                continue
+            latest = await self.behind(seen)
+            for user, newest in latest.items():
+                feed = self.feeds.get(user)
+                if feed is not None and feed.seq is not None and newest > feed.seq and not feed.filling:
+                    self._spawn(user, feed, newest)
+                    count += 1
         return count
 
     async def close(self) -> None:

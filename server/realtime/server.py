@@ -15,7 +15,6 @@ from socketio.exceptions import ConnectionRefusedError as Refused
 
 from db.session import run_in_transaction
 from server import keys
-from server.auth import revoked_sessions
 from server.auth.current_user import load_user
 from server.auth.tokens import decode_access_token
 from server.config import Settings
@@ -31,6 +30,7 @@ from server.errors import (
 from server.json_io import parse
 from server.realtime import outbox
 from server.realtime.actions import ACTIONS, Action, ActionContext
+from server.realtime.admission import Admission, Admissions
 from server.realtime.connections import Connection
 from server.realtime.feeds import Feeds
 from server.realtime.manager import UserRoomManager
@@ -42,8 +42,11 @@ from server.realtime.wire import OrjsonCodec
 log = logging.getLogger(__name__)
 NAMESPACE = "/"
 ACK_GRACE_SECONDS = 10.0
+# The ids and seqs go as two comma-joined strings: encoding 10,000 uuids one by one took
+# asyncpg ~15 ms of the event loop every second, a stall every delivery in it waited out.
 _BEHIND = """
-SELECT c.user_id::text AS user_id, c.event_seq FROM unnest($1::uuid[], $2::bigint[]) AS u(id, seen)
+SELECT c.user_id::text AS user_id, c.event_seq
+FROM unnest(string_to_array($1, ',')::uuid[], string_to_array($2, ',')::bigint[]) AS u(id, seen)
 JOIN user_credits c ON c.user_id = u.id WHERE c.event_seq > u.seen
 """
 
@@ -86,6 +89,8 @@ class Realtime:
         self.closing: set[str] = set()  # cut off: out of its room, events refused, acks still going out
         self._closing_tasks: set[asyncio.Task[None]] = set()
         self.feeds = Feeds(fetch=self._fetch, deliver=self.manager.deliver, behind=self._behind)
+        self.admissions = Admissions(lambda: self.app[keys.resources].reader,
+                                     lambda: self.app[keys.resources].redis, settings)
         self.manager.feeds = self.feeds
         self.manager.on_resubscribed = self.catch_up
         self.sio.on("connect", self.on_connect)
@@ -98,43 +103,44 @@ class Realtime:
 
     async def on_connect(self, sid: str, environ: Mapping[str, Any], auth: Any = None) -> None:
         auth = auth if isinstance(auth, dict) else {}
-        resources = self.app[keys.resources]
         token = auth.get("token")
+        try:  # who is asking first: a stranger learns nothing from the rest being checked
+            if not isinstance(token, str) or not token:
+                raise Unauthorized("Connect with auth: {token: <access_token>}")
+            # Checked once per socket, so not kept in the REST token cache.
+            claims = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value(),
+                                         remember=False)
+        except DomainError as exc:
+            raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
         try:
             last_event_id = outbox.parse_event_id(auth.get("last_event_id"))
         except ValueError:
             raise Refused("validation_error", {
                 "error": "validation_error", "message": "last_event_id must be a non-negative integer",
                 "details": [{"field": "last_event_id", "message": "invalid event id"}]}) from None
+        user_key = str(claims.user_id)
+        # Joined before the read, so an event committed meanwhile waits in the feed; the socket's
+        # gate holds whatever reaches it until the CONNECT reply (and any backlog) is out.
+        self.feeds.join(user_key)
+        self.manager.hold(sid)
         try:
-            if not isinstance(token, str) or not token:
-                raise Unauthorized("Connect with auth: {token: <access_token>}")
-            # Checked once per socket, so not kept in the REST token cache.
-            claims = decode_access_token(token, secret=self.settings.jwt_secret.get_secret_value(),
-                                         remember=False)
-            async with resources.reader.acquire() as reader:
-                user = await load_user(reader, user_id=claims.user_id, token_version=claims.token_version,
-                                       session_id=claims.session_id)
-                await revoked_sessions.ensure_live(resources.redis, self.settings, reader,
-                                                   session_id=claims.session_id)
-                # The newest event id before the connect is answered: what commits later is live.
-                latest, _ = await outbox.read_since(reader, user_id=user.id, after=outbox.NEWEST)
-        except DomainError as exc:
-            if exc.status == 401:
-                raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
-            raise Refused(exc.code, exc.body()) from None
-        except Exception:
+            admitted = await self.admissions.admit(claims, last_event_id)
+        except BaseException as exc:
+            self.feeds.leave(user_key)
+            self.manager.forget(sid)
+            if isinstance(exc, DomainError):
+                if exc.status == 401:
+                    raise Refused("unauthorized", {"error": exc.code, "message": exc.message}) from None
+                raise Refused(exc.code, exc.body()) from None
+            if not isinstance(exc, Exception):
+                raise
             log.exception("socket authentication failed")
             raise Refused("service_unavailable") from None
-        self.connections[sid] = Connection(user, expires_at=claims.expires_at)
+        self.connections[sid] = Connection(admitted.user, expires_at=claims.expires_at)
         self.app[keys.metrics].socket_connections.inc()
-        self.feeds.join(str(user.id))
-        await self.feeds.known(str(user.id), latest)
-        if last_event_id is not None:
-            # Live events are held while the history after last_event_id is sent.
-            self.manager.hold(sid)
-            after_reply(lambda: self._replay_after_connect(sid, user.id, last_event_id))
-        await self.sio.enter_room(sid, user_room(user.id))
+        await self.sio.enter_room(sid, user_room(admitted.user.id))
+        await self.feeds.known(user_key, admitted.latest)
+        after_reply(lambda: self._send_backlog(sid, admitted, last_event_id))
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.closing.discard(sid)
@@ -146,13 +152,21 @@ class Realtime:
 
     # replay
 
-    async def _replay_after_connect(self, sid: str, user_id: Any, last_event_id: int) -> None:
-        floor = None
+    async def _send_backlog(self, sid: str, admitted: Admission, last_event_id: int | None) -> None:
+        """After the CONNECT reply: a resume's missed events, then what was held meanwhile.
+        Everything up to the newest id read at connect is history (replayed or not), so
+        held events at or below it are dropped."""
+        floor = admitted.latest
         try:
-            async with self.app[keys.resources].reader.acquire() as reader:
-                floor, events = await outbox.replay(reader, user_id=user_id, after=last_event_id)
-            for _, name, payload in events:
+            for _, name, payload in admitted.backlog:
                 await self.sio.emit(name, payload, to=sid, ignore_queue=True)
+            if admitted.more and last_event_id is not None:  # past the first page
+                async with self.app[keys.resources].reader.acquire() as reader:
+                    newest, events = await outbox.replay(reader, user_id=admitted.user.id,
+                                                         after=admitted.backlog[-1][0])
+                floor = max(floor, newest)
+                for _, name, payload in events:
+                    await self.sio.emit(name, payload, to=sid, ignore_queue=True)
         except Exception:
             log.exception("replay on connect failed")
         finally:
@@ -183,7 +197,7 @@ class Realtime:
 
     async def _behind(self, seen: dict[str, int]) -> dict[str, int]:
         async with self.app[keys.resources].reader.acquire() as reader:
-            rows = await reader.fetch(_BEHIND, list(seen), list(seen.values()))
+            rows = await reader.fetch(_BEHIND, ",".join(seen), ",".join(map(str, seen.values())))
         return {row["user_id"]: row["event_seq"] for row in rows}
 
     async def catch_up(self) -> None:
@@ -325,6 +339,7 @@ class Realtime:
             task.cancel()
         await asyncio.gather(listener, catching_up, return_exceptions=True)
         await self.feeds.close()
+        await self.admissions.close()
         await self.sio.shutdown()
         thread = getattr(self.manager, "thread", None)
         if thread is not None:
