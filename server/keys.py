@@ -19,6 +19,9 @@ socketio_websockets = web.AppKey("socketio_websockets", Callable[[web.Request], 
 # Requests being handled, and whether the process is draining (server/serving.py).
 in_flight = web.AppKey("in_flight", object)
 draining = web.AppKey("draining", asyncio.Event)
+# The Socket.IO side of the app (server/realtime/server.py, which imports this module: read
+# it with `server.realtime.server.hub_of(app)` for its type).
+socket_hub = web.AppKey("socket_hub", object)
 
 request_id = web.RequestKey("request_id", str)
 rate_verdict = web.RequestKey("rate_verdict", Verdict)

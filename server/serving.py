@@ -39,9 +39,9 @@ async def serve(settings: Settings) -> None:
                  app[keys.in_flight].count)
         app[keys.draining].set()
         await site.stop()
-        from server.realtime.server import realtime_key
+        from server.realtime.server import hub_of
 
-        await app[realtime_key].close_all(app)
+        await hub_of(app).close_all(app)
         if not await app[keys.in_flight].wait_idle(settings.shutdown_grace_seconds):
             log.warning("%d request(s) still running after %s s; stopping anyway",
                         app[keys.in_flight].count, settings.shutdown_grace_seconds)

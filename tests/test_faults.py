@@ -11,7 +11,7 @@ import pytest
 from db.session import make_sessionmaker, transaction
 from server import keys
 from server.realtime import outbox
-from server.realtime.server import realtime_key
+from server.realtime.server import hub_of
 from tests.conftest import start_app
 from tests.support.api import Api, verified_user
 from tests.support.events import credits_event, emit_events
@@ -76,7 +76,7 @@ async def test_events_committed_while_redis_is_down_reach_connected_clients(own_
         during = [(await emit_events(res, user.id, [credits_event(n)]))[0] for n in range(5)]
         await _eventually(lambda: _has(client, during[-1]), timeout=3)  # from the outbox, Redis down
         redis.start()
-        realtime = server.app[realtime_key]
+        realtime = hub_of(server.app)
         await _eventually(lambda: _resubscribed(realtime), timeout=5)
         after = [(await emit_events(res, user.id, [credits_event(10 + n)]))[0] for n in range(5)]
         await _eventually(lambda: _has(client, after[-1]), timeout=3)

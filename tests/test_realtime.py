@@ -17,7 +17,7 @@ from db.session import transaction
 from server import keys
 from server.auth.tokens import issue_access_token
 from server.realtime.events import EVENT_TYPES, ActivityPosted
-from server.realtime.server import realtime_key
+from server.realtime.server import hub_of
 from server.resources import Resources
 from tests.conftest import start_app
 from tests.support.api import Api
@@ -96,7 +96,7 @@ async def test_connect_without_a_valid_access_token_is_refused_as_unauthorized(
 async def test_connect_with_a_valid_token_joins_only_the_users_room(app_server, api, sockets) -> None:
     user = await api.register()
     client = await connected(sockets, url_of(app_server), user)
-    realtime = app_server.app[realtime_key]
+    realtime = hub_of(app_server.app)
     sid = next(iter(realtime.connections))
     assert sorted(realtime.manager.get_rooms(sid, "/")) == sorted([sid, f"user:{user.id}"])
     assert client.sio.connected
@@ -105,7 +105,7 @@ async def test_connect_with_a_valid_token_joins_only_the_users_room(app_server, 
 async def test_disconnecting_leaves_no_trace_in_the_room_bookkeeping(app_server, api, sockets) -> None:
     users = [await api.register() for _ in range(3)]
     clients = [await connected(sockets, url_of(app_server), user) for user in users for _ in range(2)]
-    realtime = app_server.app[realtime_key]
+    realtime = hub_of(app_server.app)
     assert len(realtime.connections) == 6
     rooms = realtime.manager.rooms["/"]
     assert {room for room in rooms if isinstance(room, str) and room.startswith("user:")} == \

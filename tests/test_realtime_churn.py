@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from server.realtime.engine import LeanSocket
-from server.realtime.server import Realtime, realtime_key
+from server.realtime.server import SocketHub, hub_of
 from tests.conftest import start_app
 from tests.test_realtime import url_of
 from tests.test_realtime_transport import (
@@ -62,7 +62,7 @@ def holders(obj: Any) -> str:
     return "; ".join(found)
 
 
-def left_behind(realtime: Realtime) -> list[str]:
+def left_behind(realtime: SocketHub) -> list[str]:
     """The per-connection structures that still hold something (none, once every session ended)."""
     sio, manager = realtime.sio, realtime.manager
     structures = {
@@ -75,25 +75,25 @@ def left_behind(realtime: Realtime) -> list[str]:
     return [name for name, held in structures.items() if held]
 
 
-def every_structure_empty(realtime: Realtime) -> bool:
+def every_structure_empty(realtime: SocketHub) -> bool:
     return not left_behind(realtime)
 
 
-async def connected_session(realtime: Realtime) -> LeanSocket:
+async def connected_session(realtime: SocketHub) -> LeanSocket:
     await eventually(lambda: len(realtime.connections) == 1 and len(realtime.sio.eio.sockets) == 1)
     [session] = realtime.sio.eio.sockets.values()
     assert isinstance(session, LeanSocket)
     return session
 
 
-async def all_left(realtime: Realtime, timeout: float = 8) -> None:
+async def all_left(realtime: SocketHub, timeout: float = 8) -> None:
     try:
         await eventually(lambda: every_structure_empty(realtime), timeout=timeout)
     except AssertionError:
         raise AssertionError(f"left behind: {left_behind(realtime)}") from None
 
 
-async def assert_freed_without_gc(realtime: Realtime, refs: list[weakref.ref]) -> None:
+async def assert_freed_without_gc(realtime: SocketHub, refs: list[weakref.ref]) -> None:
     await all_left(realtime)
     try:
         await eventually(lambda: all(ref() is None for ref in refs), timeout=3)
@@ -194,7 +194,7 @@ async def test_a_session_that_ends_leaves_everything_and_is_freed_without_a_coll
     # is 25 s away, so nothing leaves because its heartbeat came round.
     silent = way in (polling_client_gone, websocket_client_frozen)
     async with app_with(settings, **(FAST_PINGS if silent else {})) as (server, api):
-        realtime = server.app[realtime_key]
+        realtime = hub_of(server.app)
         user = await api.register()
         # A first session: what is made once per process (caches, pools) is not counted.
         leave = await way(server, user, sockets)
@@ -219,7 +219,7 @@ async def test_a_session_the_server_closes_is_freed_without_a_collector_pass(
     # A long-polling client told to go may not poll for our CLOSE: its session waits a ping
     # timeout for that poll (Node's waits its closeTimeout, 30 s), then leaves.
     async with app_with(settings, **(FAST_PINGS if transport == "polling" else {})) as (server, api):
-        realtime = server.app[realtime_key]
+        realtime = hub_of(server.app)
         user = await api.register()
         client = sockets()
         await client.connect(url_of(server), token=user.access_token, transports=(transport,))

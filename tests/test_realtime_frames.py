@@ -10,7 +10,7 @@ import aiohttp
 import orjson
 
 from server import keys
-from server.realtime.server import realtime_key
+from server.realtime.server import hub_of
 from tests.support.api import verified_user
 from tests.support.flows import balance
 from tests.test_realtime import publish, url_of
@@ -56,7 +56,7 @@ def ack(frames: list[str], ack_id: int) -> list:
 
 async def test_a_client_event_named_disconnect_is_only_an_unknown_event(app_server, api) -> None:
     user = await api.register()
-    realtime = app_server.app[realtime_key]
+    realtime = hub_of(app_server.app)
     async with joined(app_server, user.access_token) as (ws, sid):
         await ws.send_str('421["disconnect"]')
         await ws.send_str('422["connect",{"token":"x"}]')
@@ -100,7 +100,7 @@ async def test_a_flood_of_malformed_frames_is_cut_off_like_any_other(app_server,
 
 async def test_binary_attachments_are_refused_not_kept(app_server, api) -> None:
     user = await api.register()
-    sio = app_server.app[realtime_key].sio
+    sio = hub_of(app_server.app).sio
     async with joined(app_server, user.access_token) as (ws, _):
         await ws.send_str('4599999-["ping",{"_placeholder":true,"num":0}]')
         for _ in range(20):
@@ -142,7 +142,7 @@ async def test_a_socket_being_cut_off_hears_nothing_more_and_takes_no_new_action
             await ws.send_str(f'42{100 + n}["ping"]')
         frames = await frames_until(ws, lambda f: f.startswith(f"43{100 + limit - 1}["))
         assert ack(frames, 100 + limit - 1)[0]["error"]["error"] == "rate_limited"
-        assert sid in app_server.app[realtime_key].closing
+        assert sid in hub_of(app_server.app).closing
         # Sent to its room while it closes (straight to Redis: the outbox row lock is held here).
         marker = {"activity": {"id": "while-closing", "type": "test", "message": "test #0"}, "event_id": 10**6}
         await app_server.app[keys.resources].publisher.publish_durable(user.id, [(10**6, "activity", marker)])

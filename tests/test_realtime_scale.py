@@ -19,7 +19,7 @@ from server.auth.tokens import decode_access_token, issue_access_token
 from server.errors import TokenRevoked, Unauthorized
 from server.realtime.admission import QUERIES
 from server.realtime.feeds import CATCH_UP_SLICE
-from server.realtime.server import realtime_key
+from server.realtime.server import hub_of
 from tests.conftest import start_app
 from tests.support.events import credits_event, emit_events
 from tests.support.processes import ServerProcess
@@ -57,7 +57,7 @@ class CountingPool:
 
 async def test_sockets_admitted_together_share_one_query_with_each_ones_answer(app_server, settings) -> None:
     res = app_server.app[keys.resources]
-    admissions = app_server.app[realtime_key].admissions
+    admissions = hub_of(app_server.app).admissions
     counting = CountingPool(res.reader)
     admissions.pool = lambda: counting
     users = await make_users(res, 300)
@@ -104,7 +104,7 @@ async def test_a_connect_storm_with_events_committing_delivers_each_event_once_i
     for user in users:
         await emit_events(res, user, [credits_event(i) for i in range(3)])
     counting = CountingPool(res.reader)
-    app_server.app[realtime_key].admissions.pool = lambda: counting
+    hub_of(app_server.app).admissions.pool = lambda: counting
     stop = asyncio.Event()
 
     async def keep_committing() -> None:
@@ -176,7 +176,7 @@ async def test_the_served_listener_queues_a_reconnect_storm_of_handshakes(settin
 async def test_the_catch_up_reads_every_feed_in_slices_and_finds_the_ones_behind(settings) -> None:
     server = await start_app(settings.model_copy(update={"realtime_catch_up_seconds": 3600}))
     try:
-        res, realtime = server.app[keys.resources], server.app[realtime_key]
+        res, realtime = server.app[keys.resources], hub_of(server.app)
         users = await make_users(res, CATCH_UP_SLICE + 500)
         for user in users:  # a connected user each, as a socket's connect leaves it
             realtime.feeds.join(str(user))

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from server.realtime.publisher import user_room
-from server.realtime.server import realtime_key
+from server.realtime.server import hub_of
 from tests.conftest import start_app
 from tests.support.api import Api
 from tests.test_realtime import connected, publish, url_of
@@ -114,7 +114,7 @@ async def test_an_engineio_version_other_than_4_is_refused(app_server) -> None:
 
 async def test_the_server_subscribes_to_redis_before_the_first_client_connects(settings) -> None:
     async with app_with(settings) as (server, _):
-        manager = server.app[realtime_key].manager
+        manager = hub_of(server.app).manager
         assert manager.subscribed.is_set()
         redis = Redis.from_url(settings.redis_dsn)
         try:
@@ -160,7 +160,7 @@ async def test_the_server_pings_each_interval_after_the_last_pong(settings) -> N
 
 async def test_a_client_that_stops_answering_pings_is_closed(settings) -> None:
     async with app_with(settings, **FAST_PINGS) as (server, api):
-        realtime = server.app[realtime_key]
+        realtime = hub_of(server.app)
         user = await api.register()
         async with raw_socket(server, user.access_token) as ws:
             assert len(realtime.connections) == 1
@@ -210,7 +210,7 @@ async def _stalled_client(server: TestServer, token: str) -> tuple[asyncio.Strea
 
 async def test_a_client_that_stops_reading_holds_up_no_one_and_is_closed(settings, sockets) -> None:
     async with app_with(settings, **FAST_PINGS) as (server, api):
-        realtime = server.app[realtime_key]
+        realtime = hub_of(server.app)
         stalled_user, calm_user = await api.register(), await api.register()
         calm = await connected(sockets, url_of(server), calm_user)
         _, writer = await _stalled_client(server, stalled_user.access_token)

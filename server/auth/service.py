@@ -36,7 +36,7 @@ from server.errors import (
     ValidationFailed,
 )
 from server.queueing import enqueue
-from server.realtime.sessions import revoke_session_sockets, revoke_sockets
+from server.realtime.revocations import revoke_session_sockets, revoke_sockets
 
 VERIFY_TTL = timedelta(hours=24)
 RESET_TTL = timedelta(hours=1)

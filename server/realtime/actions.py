@@ -1,12 +1,5 @@
-"""Client -> server actions: name -> async handler(ctx, body), each answered through the ack.
-
-Adding one is a decorator line plus a function that calls the same service as REST:
-
-    @action("content.cancel", body=CancelIn)
-    async def cancel_content(ctx: ActionContext, body: CancelIn) -> dict: ...
-
-The ack is `{ok: true, data}` or `{ok: false, error: {error, message, details}}`.
-"""
+"""Client -> server actions: `@action(name, body=Model)` handlers over the same services as REST,
+each answered through the ack (docs/architecture.md, sockets)."""
 
 from __future__ import annotations
 

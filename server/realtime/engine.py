@@ -1,13 +1,5 @@
-"""python-engineio's server with websocket sessions that cost one task instead of five.
-
-engine.io gives every websocket session an asyncio.Queue, a writer task draining it, a
-task and a `wait_for` around each read, and a task sleeping until the next ping: ~9 KB
-per idle connection, and a queue hop plus a task wake-up per event. Here a websocket
-session writes each packet straight to its aiohttp socket, reads in the request's own
-task, and one server-wide task sends the pings and closes sessions whose pong is late.
-Long-polling sessions keep engine.io's queue (a GET has to wait for packets); the
-Engine.IO v4 packets, handshake, upgrade and ping/pong rules are engine.io's own.
-"""
+"""python-engineio's server with websocket sessions that cost one task instead of five: direct
+writes, reads in the request's task, one heartbeat wheel (docs/architecture.md, sockets)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Per-user delivery on one server: every durable event reaches the user's room once, in order.
-
-Events normally arrive through Redis right after their commit. A feed remembers the last
-event_id it delivered; an event that skips ahead (a publish lost with Redis, a process
-killed after commit, two processes publishing for one user at once) is held while the
-hole is read from the outbox. A periodic catch-up, and one after every Redis reconnect,
-finds feeds whose last event never arrived at all.
-"""
+"""Per-user delivery on one server: every durable event reaches the user's room once and in order,
+holes filled from the outbox, a catch-up for feeds whose last event never came."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The Redis client manager of the server: room emits from Redis, durable events through the
-per-user feeds (server/realtime/feeds.py), and a per-socket gate that keeps replays in order.
-
-While a socket replays its backlog, live events for it are held instead of sent; once
-the backlog is out they are released in id order, and any event at or below the
-backlog's floor (already replayed) is dropped, so the client sees every event once.
-"""
+"""The Redis client manager: room emits from Redis, durable events through the per-user feeds,
+and a per-socket gate that holds live events while a backlog goes out."""
 
 from __future__ import annotations
 

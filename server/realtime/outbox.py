@@ -1,11 +1,5 @@
-"""Durable events: written in the transaction of the change they announce, numbered per user.
-
-`emit` collects events in the session; as the transaction's last statement one query per
-user takes the next values of `user_credits.event_seq` (under that row's lock, so ids
-are gapless and commit in order) and inserts them into `user_events`. After commit the
-publisher sends them to the user's room at once; a server that misses one (Redis down,
-a process killed between commit and publish) fetches it from here (server/realtime/feeds.py).
-"""
+"""Durable events: written in the transaction of the change they announce, numbered per user
+from `user_credits.event_seq` (gapless, in commit order), read back for replay and catch-up."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""The one way any process tells a user's sockets something: a room emit through Redis.
-
-The message is the emit python-socketio's AsyncRedisManager publishes (as socket.io's
-redis-emitter does for Node), so whichever server holds the user's sockets delivers it.
-Durable events carry `seq` (their event_id) beside the emit so servers can see a hole
-and fill it from the outbox; progress ticks carry none and are never replayed.
-"""
+"""The one way any process tells a user's sockets something: a room emit through Redis, durable
+events with their `seq` so servers can see a hole."""
 
 from __future__ import annotations
 

@@ -1,20 +1,45 @@
-"""Every server process listens for revoked sessions and closes their sockets here: a message
-is `user_id` (all of the user's sessions) or `user_id session_id` (one signed-in session)."""
+"""Signed-out sessions' sockets closed in every server process: the after-commit publish
+(`revoke_sockets`) and each process's listener (`listen_for_revocations`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from db.session import after_commit
 
 log = logging.getLogger(__name__)
+
+
+def _publisher(session: AsyncSession) -> Any:
+    publisher = session.info.get("publisher")
+    if publisher is None:  # sockets would stay open after the sign-out: refuse, loudly
+        raise RuntimeError("revoking sockets needs a session from Resources.sessionmaker (it carries the publisher)")
+    return publisher
+
+
+def revoke_sockets(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """After commit, every server process drops this user's sockets."""
+    publisher = _publisher(session)
+    after_commit(session, lambda: publisher.disconnect_user(user_id))
+
+
+def revoke_session_sockets(session: AsyncSession, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    """After commit, every server process drops the sockets of this one signed-in session."""
+    publisher = _publisher(session)
+    after_commit(session, lambda: publisher.disconnect_session(user_id, session_id))
 
 OnRevoked = Callable[[str], Awaitable[None]]
 OnSessionRevoked = Callable[[str, str], Awaitable[None]]
 
 
+# A message on the channel: `user_id` (all of the user's sessions) or `user_id session_id` (one).
 async def listen_for_revocations(redis_url: str, channel: str, on_revoked: OnRevoked,
                                  *, on_session_revoked: OnSessionRevoked | None = None,
                                  subscribed: asyncio.Event | None = None) -> None:

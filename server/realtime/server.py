@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -36,7 +36,7 @@ from server.realtime.feeds import Feeds
 from server.realtime.manager import UserRoomManager
 from server.realtime.publisher import user_room
 from server.realtime.revocations import listen_for_revocations
-from server.realtime.socket_server import INVALID_EVENT, RealtimeServer, after_reply
+from server.realtime.socket_server import INVALID_EVENT, SocketIOServer, after_reply
 from server.realtime.wire import OrjsonCodec
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,12 @@ def allowed_origin(listed: list[str]) -> Any:
     return check
 
 
-class Realtime:
+class SocketHub:
     def __init__(self, app: web.Application, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.manager = UserRoomManager(settings.redis_dsn, channel=settings.key("socketio"))
-        self.sio = RealtimeServer(
+        self.sio = SocketIOServer(
             async_mode="aiohttp",
             client_manager=self.manager,
             json=OrjsonCodec,
@@ -364,14 +364,16 @@ def _failure(exc: DomainError) -> dict[str, Any]:
     return {"ok": False, "error": exc.body()}
 
 
-realtime_key = web.AppKey("realtime", Realtime)
+def hub_of(app: web.Application) -> SocketHub:
+    """The app's SocketHub, typed."""
+    return cast(SocketHub, app[keys.socket_hub])
 
 
-def attach_socketio(app: web.Application, settings: Settings) -> Realtime:
-    realtime = Realtime(app, settings)
+def attach_socketio(app: web.Application, settings: Settings) -> SocketHub:
+    realtime = SocketHub(app, settings)
     realtime.sio.attach(app, socketio_path="socket.io")
     app[keys.socketio_websockets] = realtime.sio.eio.websocket_entry
     app.cleanup_ctx.append(realtime.lifecycle)
     app.on_shutdown.append(realtime.close_all)
-    app[realtime_key] = realtime
+    app[keys.socket_hub] = realtime
     return realtime

@@ -1,10 +1,5 @@
-"""python-socketio's AsyncServer on lean engine.io sessions, with after-reply hooks and a join deadline.
-
-After-reply hooks run once the CONNECT or ACK packet of the current handler is queued,
-so a replay can release held live events strictly after the reply that carried (or
-announced) the backlog. The join deadline closes engine.io sessions that never
-complete the Socket.IO handshake, like socket.io's `connectTimeout`.
-"""
+"""python-socketio's AsyncServer on lean engine.io sessions: after-reply hooks, a join deadline,
+and the frame policy (anything but [event name, argument] is an invalid event)."""
 
 from __future__ import annotations
 
@@ -36,7 +31,7 @@ def after_reply(hook: Hook) -> None:
     hooks.append(hook)
 
 
-class RealtimeServer(socketio.AsyncServer):
+class SocketIOServer(socketio.AsyncServer):
     def __init__(self, *args: Any, connect_timeout: float = 45.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.connect_timeout = connect_timeout
