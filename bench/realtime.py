@@ -379,19 +379,24 @@ async def publish_events(database_url: str, redis_url: str, namespace: str, user
 
 # ------------------------------------------------------------------ main
 
+def ratio_cell(run: Run, node: Run | None, key: str, fmt: str) -> str:
+    """A figure of a run, with its ratio to Node's in the same run."""
+    value = run.figures.get(key)
+    if value is None:
+        return "-"
+    text = format(value, fmt)
+    if node is not None and run is not node and node.figures.get(key):
+        text += f" ({value / node.figures[key]:.2f}x)"
+    return text
+
+
 def table(runs: list[Run]) -> str:
     node = next((r for r in runs if r.name == "node-reference"), None)
     rows = ["| server | p50 ms | p99 ms | max ms | CPU µs/event | KB/connection |",
             "|---|---|---|---|---|---|"]
 
     def cell(run: Run, key: str, fmt: str) -> str:
-        value = run.figures.get(key)
-        if value is None:
-            return "-"
-        text = format(value, fmt)
-        if node is not None and run is not node and node.figures.get(key):
-            text += f" ({value / node.figures[key]:.2f}x)"
-        return text
+        return ratio_cell(run, node, key, fmt)
 
     for run in runs:
         rows.append(f"| {run.name}: {run.description} | {cell(run, 'p50', '.2f')} | {cell(run, 'p99', '.2f')} | "

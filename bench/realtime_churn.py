@@ -31,6 +31,7 @@ from bench.realtime import (
     cpu_seconds,
     free_port,
     gc_pauses,
+    ratio_cell,
     rss_kb,
     stop_server,
     wait_listening,
@@ -153,13 +154,7 @@ def table(runs: list[Run], minutes: list[float]) -> str:
     rows = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
 
     def cell(run: Run, key: str, fmt: str) -> str:
-        value = run.figures.get(key)
-        if value is None:
-            return "-"
-        text = format(value, fmt)
-        if node is not None and run is not node and node.figures.get(key):
-            text += f" ({value / node.figures[key]:.2f}x)"
-        return text
+        return ratio_cell(run, node, key, fmt)
 
     for run in runs:
         f = run.figures

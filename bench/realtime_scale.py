@@ -39,6 +39,7 @@ from bench.realtime import (
     ROOT,
     VARIANTS,
     Bench,
+    Driver,
     cpu_seconds,
     free_port,
     gc_pauses,
@@ -72,11 +73,8 @@ def children(pid: int) -> list[int]:
     return []
 
 
-class ScaleDriver:
+class ScaleDriver(Driver):
     """scale.js: N sockets in one Node process; JSON line per command."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
 
     @classmethod
     async def start(cls, url: str, tokens: Path, count: int, *, reconnect: bool,
@@ -87,17 +85,6 @@ class ScaleDriver:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
         driver = cls(proc)
         return driver, await driver.read(timeout + 30)
-
-    async def read(self, timeout: float = 60) -> dict:
-        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        if not line:
-            raise RuntimeError("driver exited")
-        return json.loads(line)
-
-    async def command(self, text: str) -> dict:
-        self.proc.stdin.write(text.encode() + b"\n")
-        await self.proc.stdin.drain()
-        return await self.read()
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
