@@ -37,7 +37,6 @@ class InvoiceFact:
     invoice_id: str
     subscription_id: str | None
     billing_reason: str | None
-    amount_paid: int = 0
     customer_id: str | None = None
     user_id: uuid.UUID | None = None
     plan_id: str | None = None

@@ -70,7 +70,7 @@ class LocalBilling:
         )
         invoice = InvoiceFact(
             invoice_id=_local_id("local_in", key), subscription_id=subscription_id,
-            billing_reason="subscription_create", amount_paid=plan["price_cents"],
+            billing_reason="subscription_create",
             user_id=user_id, plan_id=plan["id"], price_id=plan.get("stripe_price_id"),
         )
         return StartedSubscription(state=state, client_secret=None, paid_invoice=invoice)

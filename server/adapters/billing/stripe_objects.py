@@ -111,11 +111,11 @@ def invoice_fact(obj: Mapping[str, Any]) -> InvoiceFact:
     metadata = details.get("metadata") or (obj.get("subscription_details") or {}).get("metadata") or {}
     lines = (obj.get("lines") or {}).get("data") or []
     prices = [_line_price(line) for line in lines if not _is_proration(line)]
+    amount(obj.get("amount_paid"), "amount_paid")  # not used, but an absurd one is no invoice of ours
     return InvoiceFact(
         invoice_id=identifier(obj["id"], "id"),
         subscription_id=ref(details.get("subscription")) or ref(obj.get("subscription")),
         billing_reason=obj.get("billing_reason"),
-        amount_paid=amount(obj.get("amount_paid"), "amount_paid"),
         customer_id=ref(obj.get("customer")),
         user_id=user_id_of(metadata),
         plan_id=plan_of(metadata),
