@@ -45,6 +45,8 @@ class Report:
     missing_events: dict[str, list[int]] = field(default_factory=dict)
     duplicate_events: int = 0
     out_of_order: int = 0
+    # Around the first repeat or step back of a user's ids: (event_id, event) as received.
+    event_trails: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     reconnects: int = 0
     unsettled: list[str] = field(default_factory=list)
     server_errors: list[str] = field(default_factory=list)  # the log of each 500
@@ -61,7 +63,8 @@ class Report:
         if self.missing_events:
             found.append(f"missing durable events: {dict(list(self.missing_events.items())[:3])}")
         if self.duplicate_events or self.out_of_order:
-            found.append(f"{self.duplicate_events} duplicate, {self.out_of_order} out-of-order events")
+            found.append(f"{self.duplicate_events} duplicate, {self.out_of_order} out-of-order events: "
+                         f"{dict(list(self.event_trails.items())[:2])}")
         if self.reconnects:
             found.append(f"{self.reconnects} sockets were disconnected")
         return found
@@ -74,6 +77,7 @@ class Client:
         self.user_id = user_id
         self.token = token
         self.durable: list[int] = []
+        self.names: list[str] = []  # the event of each id in `durable`
         self.disconnects = 0
         self.sio = socketio.AsyncClient(reconnection=False)
         self.sio.on("*", self._on_event)
@@ -82,6 +86,7 @@ class Client:
     async def _on_event(self, event: str, data: Any) -> None:
         if event != "generation.progress" and isinstance(data, dict) and isinstance(data.get("event_id"), int):
             self.durable.append(data["event_id"])
+            self.names.append(event)
 
     def _on_disconnect(self, *args: Any) -> None:
         self.disconnects += 1
@@ -284,3 +289,6 @@ async def _check_events(conn: asyncpg.Connection, clients: list[Client], report:
             report.missing_events[str(client.user_id)] = missing
         report.duplicate_events += len(got) - len(set(got))
         report.out_of_order += sum(1 for a, b in zip(got, got[1:], strict=False) if b <= a)
+        back = next((i for i in range(1, len(got)) if got[i] <= got[i - 1]), None)
+        if back is not None:
+            report.event_trails[str(client.user_id)] = list(zip(got, client.names, strict=False))[max(0, back - 8):back + 6]
