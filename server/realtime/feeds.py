@@ -104,14 +104,16 @@ class Feeds:
                 except Exception as exc:
                     if loop.time() - started > FILL_GIVE_UP_SECONDS:
                         log.warning("outbox unreachable for %s (%r); delivering past the hole", user, exc)
-                        feed.seq = min(feed.pending) - 1 if feed.pending else target
+                        feed.seq = max(feed.seq, min(feed.pending) - 1 if feed.pending else target)
                         break
                     await asyncio.sleep(FILL_RETRY_SECONDS)
                     continue
                 events = [e for e in events if e[0] > feed.seq]
                 if not events:
-                    feed.seq = max(feed.seq, min(feed.pending) - 1) if feed.pending else target
-                    break  # pruned or never there: nothing more to read
+                    # Never back: live events may have carried the feed past the target meanwhile
+                    # (going back re-delivered them, out of order, with the next fill).
+                    feed.seq = max(feed.seq, min(feed.pending) - 1 if feed.pending else target)
+                    break  # pruned, never there, or delivered live meanwhile
                 for seq, _, _ in events:
                     feed.pending.pop(seq, None)
                 feed.seq = events[-1][0]
