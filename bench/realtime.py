@@ -207,11 +207,7 @@ class Bench:
     # the driver (Node socket.io-client)
 
     async def driver(self, url: str, count: int) -> Driver:
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(NODE_DIR / "driver.js"), url, str(self.tokens_file), str(count),
-            cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        driver = Driver(proc)
-        ready = await driver.read(timeout=300)
+        driver, ready = await Driver.start("driver.js", url, self.tokens_file, count)
         if ready.get("connected") != count:
             raise RuntimeError(f"driver: {ready}")
         return driver
@@ -293,6 +289,16 @@ class Bench:
 class Driver:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+
+    @classmethod
+    async def start(cls, script: str, *args: object, timeout: float = 300,
+                    limit: int = 2**16) -> tuple[Driver, dict]:
+        """A Node driver script of bench/peers/socketio-node, and the first line it reports."""
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(NODE_DIR / script), *map(str, args), cwd=NODE_DIR,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=limit)
+        driver = cls(proc)
+        return driver, await driver.read(timeout=timeout)
 
     async def read(self, timeout: float = 60) -> dict:
         line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)

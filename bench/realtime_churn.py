@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.realtime import (
-    NODE_DIR,
     Bench,
     Driver,
     cpu_seconds,
@@ -68,11 +67,7 @@ async def longest_gc_pause_ms(port: int) -> dict[str, float]:
 
 
 async def churn_driver(url: str, tokens: Path, steady: int, rate: float) -> Driver:
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(NODE_DIR / "churn.js"), url, str(tokens), str(steady), str(rate),
-        cwd=NODE_DIR, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    driver = Driver(proc)
-    ready = await driver.read(timeout=300)
+    driver, ready = await Driver.start("churn.js", url, tokens, steady, rate)
     if ready.get("connected") != steady:
         raise RuntimeError(f"churn driver: {ready}")
     return driver

@@ -30,12 +30,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import asyncpg
 
 from bench.realtime import (
-    NODE_DIR,
     ROOT,
     VARIANTS,
     Bench,
@@ -77,14 +77,11 @@ class ScaleDriver(Driver):
     """scale.js: N sockets in one Node process; JSON line per command."""
 
     @classmethod
-    async def start(cls, url: str, tokens: Path, count: int, *, reconnect: bool,
-                    inflight: int, timeout: float) -> tuple[ScaleDriver, dict]:
-        proc = await asyncio.create_subprocess_exec(
-            "node", str(NODE_DIR / "scale.js"), url, str(tokens), str(count), str(inflight),
-            "1" if reconnect else "0", str(timeout), cwd=NODE_DIR,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
-        driver = cls(proc)
-        return driver, await driver.read(timeout + 30)
+    async def open(cls, url: str, tokens: Path, count: int, *, reconnect: bool,
+                   inflight: int, timeout: float) -> tuple[ScaleDriver, dict]:
+        driver, ready = await cls.start("scale.js", url, tokens, count, inflight, "1" if reconnect else "0",
+                                        timeout, timeout=timeout + 30, limit=64 * 1024 * 1024)
+        return driver, ready  # type: ignore[return-value]
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
@@ -100,7 +97,24 @@ class ScaleDriver(Driver):
             await self.proc.wait()
 
 
-class Probe:
+class Watcher:
+    """A polling loop (`_run`) that runs while the `with` block does."""
+
+    task: asyncio.Task | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+
+
+class Probe(Watcher):
     """GET `path` every `every` seconds (one at a time); latencies and statuses with start times."""
 
     def __init__(self, url: str, token: str | None = None, every: float = 0.02) -> None:
@@ -124,13 +138,6 @@ class Probe:
                 self.samples.append((began, took * 1000, status))
                 await asyncio.sleep(max(0.0, self.every - took))
 
-    def __enter__(self) -> Probe:
-        self.task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
 
     def figures(self, since: float = 0.0, until: float = float("inf")) -> dict:
         ok = [ms for t, ms, s in self.samples if since <= t <= until and s == 200]
@@ -142,7 +149,7 @@ class Probe:
                 "not_ok": other}
 
 
-class PgPeak:
+class PgPeak(Watcher):
     """Polls pg_stat_activity for the bench database: the most connections seen."""
 
     def __init__(self, admin_url: str, db_name: str) -> None:
@@ -159,13 +166,6 @@ class PgPeak:
         finally:
             await conn.close()
 
-    def __enter__(self) -> PgPeak:
-        self.task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
 
 
 class Scale:
@@ -188,7 +188,7 @@ class Scale:
         return self.bench.tokens_file.read_text().split()
 
     async def driver(self, url: str, *, reconnect: bool) -> tuple[ScaleDriver, dict]:
-        return await ScaleDriver.start(url, self.bench.tokens_file, self.args.clients, reconnect=reconnect,
+        return await ScaleDriver.open(url, self.bench.tokens_file, self.args.clients, reconnect=reconnect,
                                        inflight=self.args.inflight, timeout=self.args.connect_timeout)
 
     # ---------------------------------------------------------------- case 1 + 2
