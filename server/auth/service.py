@@ -91,15 +91,17 @@ async def _start_session(
     return Session(await _user_row(session, user_id), access, refresh, settings.access_token_ttl_seconds)
 
 
+async def _void_tokens(session: AsyncSession, user_id: uuid.UUID, *purposes: str) -> None:
+    await session.execute(update(AuthToken).where(
+        AuthToken.user_id == user_id, AuthToken.purpose.in_(purposes), AuthToken.used_at.is_(None),
+    ).values(used_at=_now()))
+
+
 async def _issue_email_token(
     session: AsyncSession, *, user_id: uuid.UUID, email: str, purpose: str, ttl: timedelta
 ) -> str:
     """A new single-use token; earlier unused ones of the same purpose stop working."""
-    await session.execute(
-        update(AuthToken)
-        .where(AuthToken.user_id == user_id, AuthToken.purpose == purpose, AuthToken.used_at.is_(None))
-        .values(used_at=_now())
-    )
+    await _void_tokens(session, user_id, purpose)
     token = new_opaque_token()
     await session.execute(insert(AuthToken).values(
         user_id=user_id, purpose=purpose, token_hash=token_hash(token), email=email,
@@ -291,12 +293,6 @@ async def verify_email(session: AsyncSession, *, token: str, settings: Settings,
                               message="Your email address is verified")
     await session.flush()
     return await _user_row(session, user.id)
-
-
-async def _void_tokens(session: AsyncSession, user_id: uuid.UUID, *purposes: str) -> None:
-    await session.execute(update(AuthToken).where(
-        AuthToken.user_id == user_id, AuthToken.purpose.in_(purposes), AuthToken.used_at.is_(None),
-    ).values(used_at=_now()))
 
 
 async def _move_to(session: AsyncSession, record: AuthToken, *, settings: Settings,

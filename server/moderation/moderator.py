@@ -83,7 +83,8 @@ class Moderator:
     async def screen(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
         """Rules, then the classifier: 422 on a refusal, 503 if the classifier cannot answer."""
         passed = _passed_here.get()
-        digest = hashlib.sha256(repr((context, sorted((k, flatten(v)) for k, v in fields.items()))).encode()).digest()
+        flat = {name: flatten(value) for name, value in fields.items()}  # the digest and the classifier read these
+        digest = hashlib.sha256(repr((context, sorted(flat.items()))).encode()).digest()
         if digest in passed:  # this request screened these very words before its transaction
             return
         rules = partial(screen, user_id=user_id, context=context, fields=fields, policy=self.policy)
@@ -91,11 +92,13 @@ class Moderator:
             await asyncio.get_running_loop().run_in_executor(self._rules_thread, rules)
         else:
             rules()
-        await self._classify(user_id=user_id, context=context, fields=fields)
+        await self._classify(user_id=user_id, context=context, fields=fields, flat=flat)
         _passed_here.set(passed | {digest})
 
-    async def _classify(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any]) -> None:
-        texts = {name: text for name, value in fields.items() if (text := flatten(value)).strip()}
+    async def _classify(self, *, user_id: UserId, context: Context, fields: Mapping[str, Any],
+                        flat: Mapping[str, str] | None = None) -> None:
+        flat = flat if flat is not None else {name: flatten(value) for name, value in fields.items()}
+        texts = {name: text for name, text in flat.items() if text.strip()}
         if not texts:
             return
         digest = hashlib.sha256(repr((context, sorted(texts.items()))).encode()).digest()
