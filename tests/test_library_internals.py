@@ -1,4 +1,4 @@
-"""The python-engineio and python-socketio internals server/realtime/ overrides or calls, pinned by digest.
+"""The aiohttp, python-engineio and python-socketio internals server/realtime/ overrides or calls, pinned by digest.
 
 A library upgrade that changes one fails here by name: read the new code against our
 override, then update the digest (and the version range in pyproject.toml) on purpose.
@@ -17,8 +17,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the overrides were written and verified against (pyproject.toml keeps to these).
-VERIFIED = {"python-socketio": "5.18.1", "python-engineio": "4.15.1"}
+VERIFIED = {"python-socketio": "5.18.1", "python-engineio": "4.15.1", "aiohttp": "3.14.5"}
 INTERNALS = {
+    # WebSocketStream.take_over: the upgrade's tail, the keep-alive timer, the server's
+    # connection list, and start() ending without closing a transport set to None.
+    "aiohttp.web_protocol.RequestHandler._message_tail": "",
+    "aiohttp.web_protocol.RequestHandler.data_received": "1ee57ebe052e6c80",
+    "aiohttp.web_protocol.RequestHandler.keep_alive": "c393d9ac05c3017f",
+    "aiohttp.web_protocol.RequestHandler.start": "2e565fd40c8e04fb",
+    "aiohttp.web_protocol.RequestHandler.finish_response": "b7eb53db8f4b30ca",
+    "aiohttp.web_server.Server.connection_lost": "fff3ade6ffe866a8",
     "engineio.async_server.AsyncServer._handle_connect": "5bd7edc1d1ae115a",
     "engineio.async_server.AsyncServer._make_response": "5f883ef57e34f34c",
     "engineio.async_server.AsyncServer._trigger_event": "4a09b6e47eb66532",

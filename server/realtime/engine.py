@@ -17,6 +17,8 @@ from aiohttp.web import Request, StreamResponse, WebSocketResponse
 from engineio import exceptions, packet
 from engineio.async_socket import AsyncSocket
 
+from server.realtime.websocket import TakenOver, WebSocketStream, accept_key
+
 log = logging.getLogger(__name__)
 
 CLOSE_GRACE_SECONDS = 1.0  # for the peer's close frame before the transport is dropped
@@ -89,6 +91,19 @@ _FIXED_KEYS: dict[str, Callable[[Request], Any]] = {
 }
 
 
+def environ_snapshot(request: Request) -> dict[str, Any]:
+    """What python-socketio keeps of a websocket's request for the connection's life: a few
+    strings, not the request (which goes with aiohttp once the connection is taken over)."""
+    environ = {"REQUEST_METHOD": request.method, "PATH_INFO": request.path,
+               "QUERY_STRING": request.query_string, "REMOTE_ADDR": "127.0.0.1",
+               "wsgi.url_scheme": request.headers.get("X-Forwarded-Proto", "http")}
+    for header in ("Host", "Origin", "User-Agent"):
+        value = request.headers.get(header)
+        if value is not None:
+            environ["HTTP_" + header.upper().replace("-", "_")] = value
+    return environ
+
+
 class LeanSocket(AsyncSocket):
     """One Engine.IO session; on a websocket it has no queue and no task of its own."""
 
@@ -103,7 +118,7 @@ class LeanSocket(AsyncSocket):
         self.sid = sid
         self.queue: asyncio.Queue[Any] | None = server.create_queue() if polling else None
         self.pending: list[packet.Packet] | None = None  # sent before the websocket is open
-        self.ws: WebSocketResponse | None = None
+        self.ws: WebSocketResponse | WebSocketStream | None = None
         self.transport: asyncio.BaseTransport | None = None
         self.reader: asyncio.Task[Any] | None = None  # the request task reading self.ws
         self.due = 0  # heartbeat slot
@@ -161,6 +176,25 @@ class LeanSocket(AsyncSocket):
             await self.close(wait=False, abort=True, reason=self.server.reason.CLIENT_DISCONNECT)
         else:
             raise exceptions.UnknownPacketError()
+
+    # receiving on a WebSocketStream (it calls these; there is no reader task)
+
+    def on_message(self, data: str | bytes) -> None:
+        if data == "3":  # PONG, most of what a quiet client sends: no task for it
+            if not self.closed:
+                self.schedule_ping()
+            return
+        self.server.run_soon(self.take_data(data))
+
+    def on_lost(self) -> None:
+        if self.closed:
+            self.leave()
+        else:
+            self.server.run_soon(self._transport_lost())
+
+    async def _transport_lost(self) -> None:
+        await self.close(wait=False, abort=True, reason=self.server.reason.TRANSPORT_CLOSE)
+        self.leave()
 
     # heartbeat
 
@@ -258,7 +292,7 @@ class LeanSocket(AsyncSocket):
         self.transport = request.transport
         return ws
 
-    async def attach(self, ws: WebSocketResponse) -> bool:
+    async def attach(self, ws: WebSocketResponse | WebSocketStream) -> bool:
         """Make `ws` this session's transport (after engine.io's upgrade dance if polling)."""
         if self.connected:
             if not await self._complete_upgrade(ws):
@@ -270,7 +304,11 @@ class LeanSocket(AsyncSocket):
             while pending:
                 await _write(ws, pending.pop(0))
         self.ws = ws
-        self.reader = asyncio.current_task()
+        if isinstance(ws, WebSocketStream):
+            self.transport = ws.transport
+            ws.receiver = self
+        else:
+            self.reader = asyncio.current_task()
         return True
 
     async def take(self, msg: WSMessage) -> bool:
@@ -282,10 +320,13 @@ class LeanSocket(AsyncSocket):
         """
         if msg.type is not WSMsgType.TEXT and msg.type is not WSMsgType.BINARY:
             return False  # closed by the peer or by us, or a protocol error (e.g. too large)
-        if len(msg.data) > self.server.max_http_buffer_size:
+        return await self.take_data(msg.data)
+
+    async def take_data(self, data: str | bytes) -> bool:
+        if len(data) > self.server.max_http_buffer_size:
             return False
         try:
-            await self.receive(packet.Packet(encoded_packet=msg.data))
+            await self.receive(packet.Packet(encoded_packet=data))
         except exceptions.UnknownPacketError:
             pass
         except exceptions.SocketIsClosedError:
@@ -329,9 +370,14 @@ class LeanSocket(AsyncSocket):
             self.upgrading = False
 
 
-async def _write(ws: WebSocketResponse, pkt: packet.Packet) -> None:
+async def _write(ws: WebSocketResponse | WebSocketStream, pkt: packet.Packet) -> None:
     data = pkt.encode()
-    if isinstance(data, str):
+    if isinstance(ws, WebSocketStream):  # writes at once, nothing to wait for
+        if isinstance(data, str):
+            ws.send_str(data)
+        else:
+            ws.send_bytes(data)
+    elif isinstance(data, str):
         await ws.send_str(data)
     else:
         await ws.send_bytes(data)
@@ -344,7 +390,7 @@ async def _receive_packet(ws: WebSocketResponse) -> packet.Packet | None:
     return packet.Packet(encoded_packet=msg.data)
 
 
-async def close_quickly(ws: WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+async def close_quickly(ws: WebSocketResponse | WebSocketStream, transport: asyncio.BaseTransport | None) -> None:
     """Close a websocket; a peer that does not take the close frame loses the connection."""
     try:
         async with asyncio.timeout(CLOSE_GRACE_SECONDS * 2):
@@ -453,8 +499,15 @@ class LeanEngineServer(engineio.AsyncServer):
         self._async = {**self._async, "translate_request": RequestEnviron}  # this server's copy
         self.heartbeats = Heartbeats(self)
         self.closing_websockets: set[asyncio.Task[None]] = set()
+        self.receiving: set[asyncio.Task[Any]] = set()
 
-    def close_websocket(self, ws: WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
+    def run_soon(self, work: Awaitable[Any]) -> None:
+        """A websocket stream's message or loss, handled in a task of its own (kept until done)."""
+        task = asyncio.ensure_future(work)
+        self.receiving.add(task)
+        task.add_done_callback(self.receiving.discard)
+
+    def close_websocket(self, ws: WebSocketResponse | WebSocketStream, transport: asyncio.BaseTransport | None) -> None:
         task = asyncio.get_running_loop().create_task(close_quickly(ws, transport))
         self.closing_websockets.add(task)
         task.add_done_callback(self.closing_websockets.discard)
@@ -472,6 +525,9 @@ class LeanEngineServer(engineio.AsyncServer):
         return self.handle_request(request)
 
     async def serve_new_websocket(self, request: Request) -> StreamResponse:
+        accept = None if self.websocket_compression else accept_key(request)
+        if accept is not None:
+            return await self.serve_websocket_stream(request, accept)
         environ = RequestEnviron(request)
         s = await self._start_session(environ, "websocket")
         if not isinstance(s, LeanSocket):
@@ -487,6 +543,21 @@ class LeanEngineServer(engineio.AsyncServer):
             return ws
         finally:
             self._forget(s)
+
+    async def serve_websocket_stream(self, request: Request, accept: str) -> StreamResponse:
+        """A new session on a WebSocketStream: once it is open, aiohttp's request, handler and
+        tasks are gone, and the session lives on its transport alone (no task of its own)."""
+        environ = environ_snapshot(request)
+        s = await self._start_session(environ, "websocket")
+        if not isinstance(s, LeanSocket):
+            return await self._make_response(s, environ)
+        transport = request.transport
+        if transport is None or transport.is_closing():  # the client left while it was admitted
+            await s.close(wait=False, abort=True, reason=self.reason.TRANSPORT_ERROR)
+            s.leave()
+            return TakenOver()
+        await s.attach(WebSocketStream.take_over(request, accept, self.max_http_buffer_size))
+        return TakenOver()
 
     def _forget(self, s: LeanSocket) -> None:
         if s.closed:
