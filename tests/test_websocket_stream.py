@@ -9,11 +9,14 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 
+from server.realtime import engine
 from server.realtime.server import hub_of
+from server.realtime.websocket import WebSocketStream
 from tests.test_realtime_transport import app_with, eventually
 
 KEY, ACCEPT = "dGhlIHNhbXBsZSBub25jZQ==", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's own example
@@ -216,3 +219,69 @@ async def test_with_compression_on_websockets_go_aiohttps_way_and_deflate(settin
         head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
         assert head.startswith("HTTP/1.1 101") and "permessage-deflate" in head, head
         writer.close()
+
+
+# --- polling sessions upgrading -------------------------------------------------------------
+
+@asynccontextmanager
+async def polling_session(server: TestServer, token: str) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    """An Engine.IO session over long-polling, joined: (the HTTP client, its sid)."""
+    base = f"http://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=polling"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base) as response:
+            sid = orjson.loads((await response.text())[1:])["sid"]
+        async with http.post(f"{base}&sid={sid}", data=join(token)) as response:
+            assert await response.text() == "OK"
+        async with http.get(f"{base}&sid={sid}") as response:
+            assert (await response.text()).startswith("40{")
+        yield http, sid
+
+
+async def upgrade(server: TestServer, sid: str) -> Peer:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request().replace(b"transport=websocket", f"transport=websocket&sid={sid}".encode()))
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).decode()
+    assert head.startswith("HTTP/1.1 101"), head
+    return Peer(reader, writer)
+
+
+async def test_an_upgraded_polling_session_moves_onto_a_stream(server) -> None:
+    app, api = server
+    hub = hub_of(app.app)
+    user = await api.register()
+    async with polling_session(app, user.access_token) as (_, sid):
+        p = await upgrade(app, sid)
+        p.send(frame(TEXT, "2probe"))
+        assert await p.read_text() == "3probe"
+        p.send(frame(TEXT, "5"))
+        await eventually(lambda: isinstance(hub.sio.eio.sockets[sid].ws, WebSocketStream))
+        p.send(frame(TEXT, '421["ping"]'))
+        reply = await p.read_text()
+        if reply == "6":  # the NOOP that would have ended a pending poll, flushed with the queue
+            reply = await p.read_text()
+        assert reply.startswith("431[{")
+        p.send(frame(CLOSE, struct.pack("!H", 1000)))
+        assert await p.closed_with() == 1000
+    await eventually(lambda: not hub.connections and not hub.sio.eio.sockets)
+
+
+@pytest.mark.parametrize("steps", [["2nonsense"], ["2probe", "4nonsense"], ["2probe"]])
+async def test_an_upgrade_that_goes_wrong_leaves_the_session_on_polling(server, monkeypatch, steps) -> None:
+    monkeypatch.setattr(engine, "UPGRADE_TIMEOUT_SECONDS", 0.5)  # the last case never says UPGRADE
+    app, api = server
+    hub = hub_of(app.app)
+    user = await api.register()
+    async with polling_session(app, user.access_token) as (http, sid):
+        p = await upgrade(app, sid)
+        for step in steps:
+            p.send(frame(TEXT, step))
+        assert await p.closed_with() == 1000
+        session = hub.sio.eio.sockets[sid]
+        assert session.ws is None and not session.upgrading and not session.upgraded
+        base = f"http://127.0.0.1:{app.port}/socket.io/?EIO=4&transport=polling&sid={sid}"
+        async with http.post(base, data='421["ping"]') as response:
+            assert await response.text() == "OK"
+        texts = ""
+        while "431[" not in texts:  # the probe's NOOP may come first
+            async with http.get(base) as response:
+                texts += await response.text()

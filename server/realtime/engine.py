@@ -26,6 +26,7 @@ CLOSE_GRACE_SECONDS = 1.0  # for the peer's close frame before the transport is 
 # the emits or pings of everyone else (engine.io's queue was unbounded too). A client that
 # stops reading stops answering pings and is closed within ping_interval + ping_timeout.
 NEVER_WAIT_TO_DRAIN = 2**62
+UPGRADE_TIMEOUT_SECONDS = 10.0  # as Node's engine.io: probe to UPGRADE
 PINGS_PER_TURN = 32  # pings sent before other work (deliveries) gets the loop again
 
 
@@ -256,10 +257,34 @@ class LeanSocket(AsyncSocket):
 
     # the websocket transport
 
-    async def _upgrade_websocket(self, environ: Mapping[str, Any]) -> WebSocketResponse:
+    async def _upgrade_websocket(self, environ: Mapping[str, Any]) -> StreamResponse | dict[str, Any]:
         if self.upgraded:
             raise OSError("Socket has been upgraded already")
-        return await self.serve_websocket(environ)
+        if self.upgrading:
+            return self.server._bad_request("Upgrade in progress")
+        request = environ["aiohttp.request"]
+        accept = None if self.server.websocket_compression else accept_key(request)
+        if accept is None or request.transport is None or request.transport.is_closing():
+            return await self.serve_websocket(environ)
+        self.upgrading = True
+        stream = WebSocketStream.take_over(request, accept, self.server.max_http_buffer_size)
+        stream.receiver = Upgrade(self, stream)
+        return TakenOver()
+
+    def switch_to(self, stream: WebSocketStream) -> None:
+        """The upgrade is done: what was queued for polling goes out first, then sends write directly."""
+        assert self.queue is not None
+        while not self.queue.empty():
+            pkt = self.queue.get_nowait()
+            self.queue.task_done()
+            if pkt is not None:
+                _write_now(stream, pkt)
+        self.queue = None
+        self.upgrading = False
+        self.upgraded = True
+        self.ws = stream
+        self.transport = stream.transport
+        stream.receiver = self
 
     async def serve_websocket(self, environ: Mapping[str, Any]) -> WebSocketResponse:
         """Run this session over a websocket in the request's task until either side closes it.
@@ -370,14 +395,62 @@ class LeanSocket(AsyncSocket):
             self.upgrading = False
 
 
-async def _write(ws: WebSocketResponse | WebSocketStream, pkt: packet.Packet) -> None:
-    data = pkt.encode()
-    if isinstance(ws, WebSocketStream):  # writes at once, nothing to wait for
-        if isinstance(data, str):
-            ws.send_str(data)
+class Upgrade:
+    """engine.io's polling -> websocket upgrade on a WebSocketStream, a message at a time (the
+    steps of LeanSocket._complete_upgrade): the probe answered and the pending poll ended, then
+    UPGRADE switches the session over. Anything else, or no UPGRADE in time, ends the stream and
+    leaves the session on polling."""
+
+    __slots__ = ("session", "stream", "probed", "deadline")
+
+    def __init__(self, session: LeanSocket, stream: WebSocketStream) -> None:
+        self.session = session
+        self.stream = stream
+        self.probed = False
+        self.deadline = asyncio.get_running_loop().call_later(UPGRADE_TIMEOUT_SECONDS, self.fail)
+
+    def on_message(self, data: str | bytes) -> None:
+        session = self.session
+        if session.closed or session.queue is None:
+            self.fail()
+        elif not self.probed:
+            if data != "2probe":
+                self.fail()
+                return
+            self.stream.send_str("3probe")
+            session.queue.put_nowait(packet.Packet(packet.NOOP))  # ends the pending poll
+            self.probed = True
+        elif data != "5":
+            self.fail()
         else:
-            ws.send_bytes(data)
-    elif isinstance(data, str):
+            self.deadline.cancel()
+            session.switch_to(self.stream)
+
+    def on_lost(self) -> None:
+        self.deadline.cancel()
+        self.session.upgrading = False
+
+    def fail(self) -> None:
+        self.deadline.cancel()
+        self.session.upgrading = False
+        self.stream.receiver = None
+        self.stream.end()
+
+
+def _write_now(stream: WebSocketStream, pkt: packet.Packet) -> None:
+    data = pkt.encode()
+    if isinstance(data, str):
+        stream.send_str(data)
+    else:
+        stream.send_bytes(data)
+
+
+async def _write(ws: WebSocketResponse | WebSocketStream, pkt: packet.Packet) -> None:
+    if isinstance(ws, WebSocketStream):  # writes at once, nothing to wait for
+        _write_now(ws, pkt)
+        return
+    data = pkt.encode()
+    if isinstance(data, str):
         await ws.send_str(data)
     else:
         await ws.send_bytes(data)
@@ -590,6 +663,8 @@ class LeanEngineServer(engineio.AsyncServer):
             "pingInterval": int(self.ping_interval + self.ping_interval_grace_period) * 1000,
             "maxPayload": self.max_http_buffer_size,
         }))
+        if isinstance(environ, RequestEnviron):  # python-socketio keeps it as long as the session
+            environ = environ_snapshot(environ.request)
         ret = await self._trigger_event("connect", sid, environ, run_async=False)
         if ret is not None and ret is not True:
             del self.sockets[sid]

@@ -116,6 +116,10 @@ class WebSocketStream(asyncio.Protocol):
     def send_bytes(self, data: bytes) -> None:
         self._send(BINARY, data)
 
+    def end(self, code: int = NORMAL) -> None:
+        """Close now: the close frame, then the connection, without waiting for the peer's answer."""
+        self._fail(code)
+
     async def close(self, code: int = NORMAL) -> None:
         """Send a close frame and wait until the peer answers it and the connection is gone."""
         self._close(code)
