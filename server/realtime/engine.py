@@ -120,7 +120,7 @@ class LeanSocket(AsyncSocket):
         self.queue: asyncio.Queue[Any] | None = server.create_queue() if polling else None
         self.pending: list[packet.Packet] | None = None  # sent before the websocket is open
         self.ws: WebSocketResponse | WebSocketStream | None = None
-        self.transport: asyncio.BaseTransport | None = None
+        self.transport: asyncio.Transport | None = None
         self.reader: asyncio.Task[Any] | None = None  # the request task reading self.ws
         self.due = 0  # heartbeat slot
         self.last_ping: float | None = time.time()
@@ -463,13 +463,13 @@ async def _receive_packet(ws: WebSocketResponse) -> packet.Packet | None:
     return packet.Packet(encoded_packet=msg.data)
 
 
-async def close_quickly(ws: WebSocketResponse | WebSocketStream, transport: asyncio.BaseTransport | None) -> None:
+async def close_quickly(ws: WebSocketResponse | WebSocketStream, transport: asyncio.Transport | None) -> None:
     """Close a websocket; a peer that does not take the close frame loses the connection."""
     try:
         async with asyncio.timeout(CLOSE_GRACE_SECONDS * 2):
             await ws.close()
     except TimeoutError:  # still draining to a client that does not read
-        if isinstance(transport, asyncio.WriteTransport):
+        if transport is not None:
             transport.abort()
     except Exception:
         log.debug("closing a websocket failed", exc_info=True)
@@ -580,7 +580,7 @@ class LeanEngineServer(engineio.AsyncServer):
         self.receiving.add(task)
         task.add_done_callback(self.receiving.discard)
 
-    def close_websocket(self, ws: WebSocketResponse | WebSocketStream, transport: asyncio.BaseTransport | None) -> None:
+    def close_websocket(self, ws: WebSocketResponse | WebSocketStream, transport: asyncio.Transport | None) -> None:
         task = asyncio.get_running_loop().create_task(close_quickly(ws, transport))
         self.closing_websockets.add(task)
         task.add_done_callback(self.closing_websockets.discard)

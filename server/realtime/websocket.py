@@ -84,7 +84,7 @@ class WebSocketStream(asyncio.Protocol):
         parser are freed when the handler returns `TakenOver()`; the transport stays open."""
         handler = request.protocol
         transport = request.transport
-        assert isinstance(transport, asyncio.Transport)
+        assert transport is not None  # (uvloop's transports are no asyncio.Transport instances)
         stream = cls(transport, max_size)
         transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept.encode() + b"\r\n\r\n")
