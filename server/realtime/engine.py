@@ -4,6 +4,7 @@ writes, reads in the request's task, one heartbeat wheel (docs/architecture.md, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -27,6 +28,8 @@ CLOSE_GRACE_SECONDS = 1.0  # for the peer's close frame before the transport is 
 # stops reading stops answering pings and is closed within ping_interval + ping_timeout.
 NEVER_WAIT_TO_DRAIN = 2**62
 UPGRADE_TIMEOUT_SECONDS = 10.0  # as Node's engine.io: probe to UPGRADE
+INBOX_HIGH = 64  # a stream's messages waiting for their session: past this it stops reading
+YIELD_EVERY = 16  # messages handled before the loop gets a turn
 PINGS_PER_TURN = 32  # pings sent before other work (deliveries) gets the loop again
 
 
@@ -111,7 +114,7 @@ class LeanSocket(AsyncSocket):
     # Slots, not an instance dict: ~0.4 KB less per connection.
     __slots__ = ("server", "sid", "queue", "pending", "ws", "transport", "reader", "due",
                  "last_ping", "connected", "upgrading", "upgraded", "closing", "closed",
-                 "_session")
+                 "_session", "inbox", "held", "probing")
 
     def __init__(self, server: LeanEngineServer, sid: str, *, polling: bool) -> None:
         # BaseSocket.__init__ would make the asyncio.Queue (~3 KB) a websocket never uses.
@@ -130,6 +133,9 @@ class LeanSocket(AsyncSocket):
         self.closing = False
         self.closed = False
         self._session: dict[str, Any] | None = None
+        self.inbox: collections.deque[str | bytes] | None = None  # stream messages waiting; one task drains them
+        self.held = False  # the stream was paused because the inbox filled up
+        self.probing: Upgrade | None = None  # a polling session's upgrade in progress
 
     @property
     def session(self) -> dict[str, Any]:
@@ -181,11 +187,46 @@ class LeanSocket(AsyncSocket):
     # receiving on a WebSocketStream (it calls these; there is no reader task)
 
     def on_message(self, data: str | bytes) -> None:
-        if data == "3":  # PONG, most of what a quiet client sends: no task for it
-            if not self.closed:
-                self.schedule_ping()
+        inbox = self.inbox
+        if inbox is None:
+            if data == "3":  # PONG, most of what a quiet client sends: no task for it
+                if not self.closed:
+                    self.schedule_ping()
+                return
+            self.inbox = collections.deque((data,))
+            self.server.run_soon(self._drain())
             return
-        self.server.run_soon(self.take_data(data))
+        inbox.append(data)
+        if len(inbox) >= INBOX_HIGH and not self.held and isinstance(self.ws, WebSocketStream):
+            self.held = True  # a flood waits in the client's TCP buffer, not in our memory
+            self.ws.pause()
+
+    async def _drain(self) -> None:
+        """Handle the stream's messages in order, in one task, giving the loop back as it goes."""
+        inbox = self.inbox
+        assert inbox is not None
+        try:
+            handled = 0
+            while inbox and not self.closed:
+                data = inbox.popleft()
+                if self.held and len(inbox) <= INBOX_HIGH // 2:
+                    self._release()
+                if data == "3":
+                    self.schedule_ping()
+                elif not await self.take_data(data):
+                    break
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+        finally:
+            self.inbox = None
+            if self.held:
+                self._release()
+
+    def _release(self) -> None:
+        self.held = False
+        if isinstance(self.ws, WebSocketStream):
+            self.ws.resume()
 
     def on_lost(self) -> None:
         if self.closed:
@@ -208,12 +249,15 @@ class LeanSocket(AsyncSocket):
     # closing
 
     async def close(self, wait: bool = True, abort: bool = False, reason: Any = None) -> None:
+        if self.probing is not None:  # a session that ends takes its upgrade with it
+            self.probing.fail()
         if self.queue is not None and self.ws is None:
             await super().close(wait=wait, abort=abort, reason=reason)  # long-polling
             if abort:
                 # The client said CLOSE: answer its pending long-poll now, as Node's server does,
                 # instead of leaving it hanging until the ping timeout. It polls no more.
-                self.queue.put_nowait(packet.Packet(packet.NOOP))
+                if self.queue is not None:
+                    self.queue.put_nowait(packet.Packet(packet.NOOP))
                 self.leave()
             elif self.server.sockets.get(self.sid) is self:
                 # Our CLOSE waits in the queue for the client's next poll (handle_get_request
@@ -252,7 +296,9 @@ class LeanSocket(AsyncSocket):
         try:
             return await super().handle_get_request(environ)
         finally:
-            if self.closed and self.queue is not None and self.queue.empty():
+            if self.upgraded and self.ws is not None:
+                self.queue = None  # the poll that was waiting when the session moved to its stream
+            elif self.closed and self.queue is not None and self.queue.empty():
                 self.leave()  # the poll that carried our CLOSE (or the last packets)
 
     # the websocket transport
@@ -268,18 +314,31 @@ class LeanSocket(AsyncSocket):
             return await self.serve_websocket(environ)
         self.upgrading = True
         stream = WebSocketStream.take_over(request, accept, self.server.max_http_buffer_size)
-        stream.receiver = Upgrade(self, stream)
+        stream.receiver = self.probing = Upgrade(self, stream)
         return TakenOver()
 
     def switch_to(self, stream: WebSocketStream) -> None:
         """The upgrade is done: what was queued for polling goes out first, then sends write directly."""
-        assert self.queue is not None
-        while not self.queue.empty():
-            pkt = self.queue.get_nowait()
-            self.queue.task_done()
-            if pkt is not None:
-                _write_now(stream, pkt)
-        self.queue = None
+        queue = self.queue
+        assert queue is not None
+        unclaimed = False
+        while not queue.empty():
+            pkt = queue.get_nowait()
+            queue.task_done()
+            if pkt is None:
+                continue
+            if pkt.packet_type == packet.NOOP:  # the probe's, meant to end the pending poll
+                unclaimed = True
+                continue
+            _write_now(stream, pkt)
+        if unclaimed or queue._getters:
+            # UPGRADE came in the same read as the probe, before the poll took its NOOP: the
+            # poll gets it now, not at its timeout. engine.io's poll() goes on using self.queue
+            # once it wakes, so the queue goes when that request is done (handle_get_request).
+            queue.put_nowait(packet.Packet(packet.NOOP))
+        else:
+            self.queue = None
+        self.probing = None
         self.upgrading = False
         self.upgraded = True
         self.ws = stream
@@ -411,7 +470,7 @@ class Upgrade:
 
     def on_message(self, data: str | bytes) -> None:
         session = self.session
-        if session.closed or session.queue is None:
+        if session.closed or session.closing or session.upgraded:
             self.fail()
         elif not self.probed:
             if data != "2probe":
@@ -427,14 +486,18 @@ class Upgrade:
             session.switch_to(self.stream)
 
     def on_lost(self) -> None:
-        self.deadline.cancel()
-        self.session.upgrading = False
+        self._over()
 
     def fail(self) -> None:
-        self.deadline.cancel()
-        self.session.upgrading = False
+        self._over()
         self.stream.receiver = None
         self.stream.end()
+
+    def _over(self) -> None:
+        self.deadline.cancel()
+        if self.session.probing is self:
+            self.session.probing = None
+            self.session.upgrading = False
 
 
 def _write_now(stream: WebSocketStream, pkt: packet.Packet) -> None:

@@ -136,11 +136,20 @@ class SocketHub:
                 raise
             log.exception("socket authentication failed")
             raise Refused("service_unavailable") from None
+        if not self._still_open(sid):  # it left while it was admitted: its disconnect has run
+            self.feeds.leave(user_key)
+            self.manager.forget(sid)
+            raise Refused("disconnected")
         self.connections[sid] = Connection(admitted.user, expires_at=claims.expires_at)
         self.app[keys.metrics].socket_connections.inc()
         await self.sio.enter_room(sid, user_room(admitted.user.id))
         await self.feeds.known(user_key, admitted.latest)
         after_reply(lambda: self._send_backlog(sid, admitted, last_event_id))
+
+    def _still_open(self, sid: str) -> bool:
+        eio_sid = self.manager.eio_sid_from_sid(sid, NAMESPACE)
+        session = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        return session is not None and not session.closing and not session.closed
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.closing.discard(sid)

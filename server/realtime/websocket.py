@@ -14,11 +14,16 @@ from aiohttp.web import Request, StreamResponse
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 NORMAL, PROTOCOL_ERROR, INVALID_DATA, TOO_BIG = 1000, 1002, 1007, 1009
+# Codes a peer may send (RFC 6455 7.4; 1004-1006 and 1015 are never sent, 1016-2999 unassigned).
+_PEER_CODES = frozenset(range(1000, 1004)) | frozenset(range(1007, 1015)) | frozenset(range(3000, 5000))
+MAX_FRAGMENTS = 1024  # pieces of one message: empty continuation frames cost a list entry each
+ABORT_AFTER_SECONDS = 2.0  # a connection we closed whose peer does not read what is left
 
 
 class Receiver(Protocol):
     def on_message(self, data: str | bytes) -> None: ...
     def on_lost(self) -> None: ...
+
 
 
 def accept_key(request: Request) -> str | None:
@@ -64,7 +69,7 @@ class WebSocketStream(asyncio.Protocol):
     """
 
     __slots__ = ("transport", "receiver", "max_size", "buffer", "needed", "fragments",
-                 "fragment_kind", "fragment_bytes", "close_sent", "lost", "__weakref__")
+                 "fragment_kind", "fragment_bytes", "close_sent", "lost", "paused", "__weakref__")
 
     def __init__(self, transport: asyncio.Transport, max_size: int) -> None:
         self.transport: asyncio.Transport | None = transport
@@ -77,6 +82,7 @@ class WebSocketStream(asyncio.Protocol):
         self.fragment_bytes = 0
         self.close_sent = False
         self.lost: asyncio.Future[None] | None = None  # made when someone waits for the end
+        self.paused = 0  # reasons not to read now: the receiver's backlog, our own writes backing up
 
     @classmethod
     def take_over(cls, request: Request, accept: str, max_size: int) -> WebSocketStream:
@@ -157,18 +163,38 @@ class WebSocketStream(asyncio.Protocol):
             receiver.on_lost()
 
     def pause_writing(self) -> None:
-        pass  # see the class docstring
+        # Our writes back up (the peer does not read): read no more of what it sends (its pings
+        # would each add a pong) until they drain. Events are still written (class docstring).
+        self.pause()
 
     def resume_writing(self) -> None:
-        pass
+        self.resume()
 
+    # flow control, for the receiver and for our own writes
+
+    def pause(self) -> None:
+        """Stop reading: no frame is parsed until resume(), and the kernel's buffer fills."""
+        self.paused += 1
+        if self.paused == 1 and self.transport is not None and self.transport.is_reading():
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused == 0:
+            return
+        self.paused -= 1
+        if self.paused or self.transport is None:
+            return
+        self.transport.resume_reading()
+        if self.buffer is not None and len(self.buffer) >= self.needed:
+            self.data_received(b"")  # what arrived before the pause
     # frames
 
     def _frames(self, data: bytes) -> int:
         """Handle every complete frame in `data`; return where the first incomplete one starts."""
         pos, end = 0, len(data)
         self.needed = 0
-        while end - pos >= 2 and self.transport is not None and not self.transport.is_closing():
+        while end - pos >= 2 and not self.paused and self.transport is not None \
+                and not self.transport.is_closing():
             first, second = data[pos], data[pos + 1]
             length, header = second & 0x7F, 2
             if length == 126:
@@ -201,8 +227,7 @@ class WebSocketStream(asyncio.Protocol):
         elif kind == PONG:
             pass
         elif kind == CLOSE:
-            code = struct.unpack_from("!H", payload)[0] if len(payload) >= 2 else NORMAL
-            self._close(code if 1000 <= code < 5000 and code not in (1004, 1005, 1006, 1015) else PROTOCOL_ERROR)
+            self._close(_answer_to_close(payload))
             self._drop()
         elif kind == CONTINUATION:
             if self.fragments is None:
@@ -210,7 +235,7 @@ class WebSocketStream(asyncio.Protocol):
                 return
             self.fragments.append(payload)
             self.fragment_bytes += len(payload)
-            if self.fragment_bytes > self.max_size:
+            if self.fragment_bytes > self.max_size or len(self.fragments) > MAX_FRAGMENTS:
                 self._fail(TOO_BIG)
             elif fin:
                 whole, self.fragments = b"".join(self.fragments), None
@@ -265,6 +290,28 @@ class WebSocketStream(asyncio.Protocol):
     def _drop(self) -> None:
         if self.transport is not None:
             self.transport.close()  # after what is buffered; connection_lost follows
+            # A peer that does not read what is buffered would keep it open: not for long.
+            asyncio.get_running_loop().call_later(ABORT_AFTER_SECONDS, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def _answer_to_close(payload: bytes) -> int:
+    """The code to answer a peer's close frame with: its own, or why the frame is invalid."""
+    if not payload:
+        return NORMAL
+    if len(payload) == 1:
+        return PROTOCOL_ERROR
+    code = struct.unpack_from("!H", payload)[0]
+    if code not in _PEER_CODES:
+        return PROTOCOL_ERROR
+    try:
+        payload[2:].decode()
+    except UnicodeDecodeError:
+        return INVALID_DATA
+    return code
 
 
 def _unmask(mask: bytes, payload: bytes) -> bytes:
