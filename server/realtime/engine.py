@@ -114,7 +114,7 @@ class LeanSocket(AsyncSocket):
     # Slots, not an instance dict: ~0.4 KB less per connection.
     __slots__ = ("server", "sid", "queue", "pending", "ws", "transport", "reader", "due",
                  "last_ping", "connected", "upgrading", "upgraded", "closing", "closed",
-                 "_session", "inbox", "held", "probing")
+                 "_session", "inbox", "held", "probing", "polls")
 
     def __init__(self, server: LeanEngineServer, sid: str, *, polling: bool) -> None:
         # BaseSocket.__init__ would make the asyncio.Queue (~3 KB) a websocket never uses.
@@ -134,8 +134,9 @@ class LeanSocket(AsyncSocket):
         self.closed = False
         self._session: dict[str, Any] | None = None
         self.inbox: collections.deque[str | bytes] | None = None  # stream messages waiting; one task drains them
-        self.held = False  # the stream was paused because the inbox filled up
+        self.held: WebSocketStream | None = None  # the stream paused because the inbox filled up
         self.probing: Upgrade | None = None  # a polling session's upgrade in progress
+        self.polls = 0  # long-poll requests in flight
 
     @property
     def session(self) -> dict[str, Any]:
@@ -197,9 +198,9 @@ class LeanSocket(AsyncSocket):
             self.server.run_soon(self._drain())
             return
         inbox.append(data)
-        if len(inbox) >= INBOX_HIGH and not self.held and isinstance(self.ws, WebSocketStream):
-            self.held = True  # a flood waits in the client's TCP buffer, not in our memory
-            self.ws.pause()
+        if len(inbox) >= INBOX_HIGH and self.held is None and isinstance(self.ws, WebSocketStream):
+            self.held = self.ws  # a flood waits in the client's TCP buffer, not in our memory
+            self.held.pause()
 
     async def _drain(self) -> None:
         """Handle the stream's messages in order, in one task, giving the loop back as it goes."""
@@ -209,7 +210,7 @@ class LeanSocket(AsyncSocket):
             handled = 0
             while inbox and not self.closed:
                 data = inbox.popleft()
-                if self.held and len(inbox) <= INBOX_HIGH // 2:
+                if self.held is not None and len(inbox) <= INBOX_HIGH // 2:
                     self._release()
                 if data == "3":
                     self.schedule_ping()
@@ -220,13 +221,15 @@ class LeanSocket(AsyncSocket):
                     await asyncio.sleep(0)
         finally:
             self.inbox = None
-            if self.held:
+            if self.held is not None:
                 self._release()
 
     def _release(self) -> None:
-        self.held = False
-        if isinstance(self.ws, WebSocketStream):
-            self.ws.resume()
+        # The stream that was paused, even if the session has let go of it since (its close
+        # reply must still be read).
+        stream, self.held = self.held, None
+        if stream is not None:
+            stream.resume()
 
     def on_lost(self) -> None:
         if self.closed:
@@ -293,9 +296,11 @@ class LeanSocket(AsyncSocket):
         self._session = None
 
     async def handle_get_request(self, environ: Mapping[str, Any]) -> Any:
+        self.polls += 1
         try:
             return await super().handle_get_request(environ)
         finally:
+            self.polls -= 1
             if self.upgraded and self.ws is not None:
                 self.queue = None  # the poll that was waiting when the session moved to its stream
             elif self.closed and self.queue is not None and self.queue.empty():
@@ -321,20 +326,15 @@ class LeanSocket(AsyncSocket):
         """The upgrade is done: what was queued for polling goes out first, then sends write directly."""
         queue = self.queue
         assert queue is not None
-        unclaimed = False
         while not queue.empty():
             pkt = queue.get_nowait()
             queue.task_done()
-            if pkt is None:
-                continue
-            if pkt.packet_type == packet.NOOP:  # the probe's, meant to end the pending poll
-                unclaimed = True
-                continue
-            _write_now(stream, pkt)
-        if unclaimed or queue._getters:
-            # UPGRADE came in the same read as the probe, before the poll took its NOOP: the
-            # poll gets it now, not at its timeout. engine.io's poll() goes on using self.queue
-            # once it wakes, so the queue goes when that request is done (handle_get_request).
+            if pkt is not None and pkt.packet_type != packet.NOOP:  # a NOOP only ends a poll
+                _write_now(stream, pkt)
+        if self.polls:
+            # A poll is still in flight (UPGRADE came in the same read as the probe, before the
+            # poll took its NOOP): it gets one now, not at its timeout. engine.io's poll() goes on
+            # using self.queue once it wakes, so the queue goes when that request is done.
             queue.put_nowait(packet.Packet(packet.NOOP))
         else:
             self.queue = None

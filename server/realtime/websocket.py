@@ -186,7 +186,9 @@ class WebSocketStream(asyncio.Protocol):
             return
         self.transport.resume_reading()
         if self.buffer is not None and len(self.buffer) >= self.needed:
-            self.data_received(b"")  # what arrived before the pause
+            # What arrived before the pause, parsed on a turn of its own: resume() may be called
+            # from inside the transport's callbacks (resume_writing), which a close would upset.
+            asyncio.get_running_loop().call_soon(self.data_received, b"")
     # frames
 
     def _frames(self, data: bytes) -> int:
