@@ -61,7 +61,7 @@ async def flood_pings_without_reading(p: Any, megabytes: int) -> None:
     """Pings, as fast as the server takes them, from a client that never reads the pongs."""
     chunk = frame(PING, b"x" * 125) * 8000  # ~1 MB
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(4):
             for _ in range(megabytes):
                 p.send(chunk)
                 await p.writer.drain()
@@ -123,10 +123,9 @@ async def test_pongs_to_a_client_that_never_reads_do_not_pile_up_on_the_server(s
             transport = stream.transport
             return 0 if transport is None else transport.get_write_buffer_size()
 
-        try:  # the server may still be reading what the kernel holds
-            await eventually(lambda: buffered() > limit, timeout=3)
-        except AssertionError:
-            pass
+        # The flood stopped because the server stopped reading (not because it ran out): what
+        # it buffered stays as it is, and the rest waits in TCP on the client's side.
+        await eventually(lambda: stream.paused > 0)
         assert buffered() <= limit, f"{buffered() / 2**20:.0f} MB of pongs buffered for one client"
 
 
