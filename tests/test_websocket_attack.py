@@ -57,6 +57,20 @@ def streams_made(monkeypatch: pytest.MonkeyPatch) -> list[WebSocketStream]:
     return made
 
 
+def slow_disconnects(hub: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The hub's disconnect handler waits for the returned event (as one awaiting Redis or the database)."""
+    release = asyncio.Event()
+    handlers = hub.sio.handlers["/"]
+    on_disconnect = handlers["disconnect"]
+
+    async def slow_disconnect(*args: Any) -> Any:
+        await release.wait()
+        return await on_disconnect(*args)
+
+    monkeypatch.setitem(handlers, "disconnect", slow_disconnect)
+    return release
+
+
 async def flood_pings_without_reading(p: Any, megabytes: int) -> None:
     """Pings, as fast as the server takes them, from a client that never reads the pongs."""
     chunk = frame(PING, b"x" * 125) * 8000  # ~1 MB
@@ -189,15 +203,7 @@ async def test_a_session_closed_by_the_server_while_its_upgrade_completes_closes
     app, api = server
     hub = hub_of(app.app)
     user = await api.register()
-    release = asyncio.Event()
-    handlers = hub.sio.handlers["/"]
-    on_disconnect = handlers["disconnect"]
-
-    async def slow_disconnect(*args: Any) -> Any:
-        await release.wait()  # a disconnect handler that awaits (Redis, the database)
-        return await on_disconnect(*args)
-
-    monkeypatch.setitem(handlers, "disconnect", slow_disconnect)
+    release = slow_disconnects(hub, monkeypatch)
     async with polling_session(app, user.access_token) as (http, sid):
         session = hub.sio.eio.sockets[sid]
         p = await upgrade(app, sid)
@@ -232,15 +238,7 @@ async def test_a_client_close_while_its_upgrade_completes_ends_session_and_webso
     app, api = server
     hub = hub_of(app.app)
     user = await api.register()
-    release = asyncio.Event()
-    handlers = hub.sio.handlers["/"]
-    on_disconnect = handlers["disconnect"]
-
-    async def slow_disconnect(*args: Any) -> Any:
-        await release.wait()
-        return await on_disconnect(*args)
-
-    monkeypatch.setitem(handlers, "disconnect", slow_disconnect)
+    release = slow_disconnects(hub, monkeypatch)
     async with polling_session(app, user.access_token) as (http, sid):
         session = hub.sio.eio.sockets[sid]
         base = f"http://127.0.0.1:{app.port}/socket.io/?EIO=4&transport=polling&sid={sid}"

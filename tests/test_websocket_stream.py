@@ -177,7 +177,9 @@ async def test_a_broken_frame_closes_the_connection_with_its_reason(server, brok
     await eventually(lambda: not hub.sio.eio.sockets)
 
 
-async def test_a_close_from_the_client_is_answered_and_ends_the_session(server) -> None:
+@pytest.mark.parametrize("leaving", ["close frame", "dropped"])
+async def test_a_client_that_leaves_ends_its_session(server, leaving) -> None:
+    """With a close frame (answered with its own code), or its TCP connection just gone."""
     app, api = server
     hub = hub_of(app.app)
     user = await api.register()
@@ -185,20 +187,11 @@ async def test_a_close_from_the_client_is_answered_and_ends_the_session(server) 
         p.send(frame(TEXT, join(user.access_token)))
         assert (await p.read_text()).startswith("40{")
         await eventually(lambda: len(hub.connections) == 1)
-        p.send(frame(CLOSE, struct.pack("!H", 1001)))
-        assert await p.closed_with() == 1001
-    await eventually(lambda: not hub.connections and not hub.sio.eio.sockets)
-
-
-async def test_a_connection_dropped_without_a_close_ends_the_session(server) -> None:
-    app, api = server
-    hub = hub_of(app.app)
-    user = await api.register()
-    async with peer(app) as p:
-        p.send(frame(TEXT, join(user.access_token)))
-        assert (await p.read_text()).startswith("40{")
-        await eventually(lambda: len(hub.connections) == 1)
-        p.writer.transport.abort()
+        if leaving == "close frame":
+            p.send(frame(CLOSE, struct.pack("!H", 1001)))
+            assert await p.closed_with() == 1001
+        else:
+            p.writer.transport.abort()
     await eventually(lambda: not hub.connections and not hub.sio.eio.sockets)
 
 
