@@ -41,8 +41,9 @@ async def test_health_stays_quick_while_12_clients_send_the_longest_avatar_texts
     print(f"/health under avatar screening: {summary(samples)}; {statuses}")
     assert len(samples) > 20 and sum(statuses.values()) > 12
     assert set(statuses) <= {"200", "409"}, statuses  # screened and applied, or the avatar still busy
-    # Generous (the suite shares 2 cores): the stall it catches is the attack's, 1.8 s at /health.
-    assert _p99(samples) < 400 and max(samples) < 1000, summary(samples)
+    # Generous (the suite shares 2 cores, some hours twice as slow: p99 419 ms seen on a
+    # correct build): the stall it catches is the attack's, 1.8 s at /health.
+    assert _p99(samples) < 800 and max(samples) < 1500, summary(samples)
 
 
 @pytest.mark.slow
