@@ -100,13 +100,15 @@ async def test_actions_stop_when_the_connections_token_expires(api: Api, app_ser
 
     async with running_worker(settings):
         user = await verified_user(api, settings.data_dir / "outbox")
+    ttl = 4  # the connect and the first call fit in it even when the machine is slow
     short = issue_access_token(user_id=uuid.UUID(user.id), token_version=0,
-                               secret=settings.jwt_secret.get_secret_value(), ttl=1)
+                               secret=settings.jwt_secret.get_secret_value(), ttl=ttl)
+    expires = asyncio.get_running_loop().time() + ttl
     client = SocketClient()
     await client.connect(api.base_url, token=short)
     try:
         assert (await client.call("content.generate", {"kind": "image", "prompt": "in time"}))["ok"] is True
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(max(0.0, expires - asyncio.get_running_loop().time()) + 1.1)  # exp is whole seconds
         late = await client.call("content.generate", {"kind": "image", "prompt": "too late"})
         assert late["ok"] is False and late["error"]["error"] == "token_expired"
         assert (await client.call("ping"))["ok"] is True  # reading and pinging go on until reconnect
